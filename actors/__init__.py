@@ -1,0 +1,1 @@
+"""Actor processes of Catalyst Supervisor: fetcher, dedupe, llm and alert."""

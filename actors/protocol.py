@@ -1,0 +1,188 @@
+"""Messages on every socket: msgpack maps with a protocol version and a type tag.
+
+Decoding validates types and sizes in one step (msgspec); a frame that fails is a
+ProtocolError, which every receiver counts and drops. Nothing here pickles.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+import msgspec
+
+from actors.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+# A batch of 500 items with long summaries stays well under this.
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+Key = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+ShortText = Annotated[str, msgspec.Meta(max_length=2048)]
+LongText = Annotated[str, msgspec.Meta(max_length=16384)]
+Ticker = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
+Score = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Sentiment = Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
+
+
+class Item(msgspec.Struct, kw_only=True):
+    """One news item or filing, as the fetcher saw it."""
+
+    key: Key  # the dedupe key: "sec:<accession>" or the normalised link
+    title: ShortText
+    link: ShortText
+    source: ShortText  # feed name
+    kind: Literal["pr", "sec"]
+    published: float | None = None  # epoch seconds, None when the feed gave none
+    fetched_at: float = 0.0
+    summary: LongText = ""
+    tickers: list[Ticker] = []
+    form: ShortText | None = None  # SEC form type, e.g. "8-K" or "8-K/A"
+    cik: ShortText | None = None  # 10-digit, zero padded
+    signature: ShortText | None = None  # cross-wire copy signature, when known
+
+
+class Analysis(msgspec.Struct, kw_only=True):
+    """What a classifier says of an item."""
+
+    category: ShortText
+    score: Score
+    sentiment: Sentiment
+    tickers: list[Ticker] = []
+    summary: ShortText = ""
+    keywords: list[ShortText] = []
+    material: bool = True
+    provider: ShortText = "rules"
+
+
+class Message(msgspec.Struct, tag_field="t", kw_only=True):
+    v: int = PROTOCOL_VERSION
+
+
+# Data plane ---------------------------------------------------------------
+
+
+class Items(Message, tag="items"):
+    """fetcher -> dedupe: candidates from one fetch cycle."""
+
+    fetcher: ShortText
+    cycle: int
+    items: Annotated[list[Item], msgspec.Meta(max_length=10000)]
+
+
+class CycleDone(Message, tag="cycle_done"):
+    """fetcher -> dedupe, after the cycle's items: a drain marker (PUSH keeps order)."""
+
+    fetcher: ShortText
+    cycle: int
+
+
+class Deliver(Message, tag="deliver"):
+    """dedupe -> llm: a claimed item, with how many times it has been sent."""
+
+    item: Item
+    attempt: int
+
+
+class Classified(Message, tag="classified"):
+    """llm -> alert."""
+
+    item: Item
+    analysis: Analysis
+    attempt: int
+
+
+class Ack(Message, tag="ack"):
+    """alert -> dedupe: these keys are finished."""
+
+    keys: Annotated[list[Key], msgspec.Meta(max_length=10000)]
+    outcome: Literal["delivered", "filtered"]
+
+
+class Claim(Message, tag="claim"):
+    """request on the dedupe RPC socket: claim these items, tell me which were new."""
+
+    items: Annotated[list[Item], msgspec.Meta(max_length=10000)]
+
+
+class Claimed(Message, tag="claimed"):
+    new: list[Key]
+
+
+# Control plane ------------------------------------------------------------
+
+
+class Heartbeat(Message, tag="hb"):
+    """actor -> supervisor, every heartbeat interval; stats are the actor's own."""
+
+    name: ShortText
+    pid: int
+    stats: dict[str, Any] = {}
+
+
+class Ping(Message, tag="ping"):
+    """supervisor -> actor: the supervisor is alive (Paranoid Pirate, both ways)."""
+
+
+class Command(Message, tag="cmd"):
+    """supervisor -> actor."""
+
+    command: Literal["stop", "report"]
+
+
+class AdminEvent(Message, tag="admin"):
+    """actor -> supervisor, written to the admin sink by the supervisor."""
+
+    event: ShortText
+    actor: ShortText
+    reason: ShortText = ""
+    message: LongText = ""
+    level: Literal["info", "warning", "error"] = "warning"
+    at: float = 0.0
+
+
+class Request(Message, tag="req"):
+    """CLI -> supervisor control socket."""
+
+    command: ShortText
+    args: dict[str, Any] = {}
+
+
+class Reply(Message, tag="rep"):
+    ok: bool
+    result: Any = None
+    error: str | None = None
+
+
+DataMessage = Union[Items, CycleDone, Deliver, Classified, Ack, Claim, Claimed]
+ControlMessage = Union[Heartbeat, Ping, Command, AdminEvent, Request, Reply]
+
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode(message: Message) -> bytes:
+    return _encoder.encode(message)
+
+
+class Codec:
+    """Decodes frames of the given message types, enforcing size and version."""
+
+    def __init__(self, *types: type[Message], max_bytes: int = MAX_MESSAGE_BYTES):
+        union = types[0] if len(types) == 1 else Union[types]  # type: ignore[valid-type]
+        self._decoder = msgspec.msgpack.Decoder(union)
+        self.max_bytes = max_bytes
+
+    def decode(self, frame: bytes | memoryview) -> Message:
+        if len(frame) > self.max_bytes:
+            raise ProtocolError(f"message of {len(frame)} bytes exceeds {self.max_bytes}")
+        try:
+            message = self._decoder.decode(frame)
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            raise ProtocolError(str(exc)) from None
+        if message.v != PROTOCOL_VERSION:
+            raise ProtocolError(f"protocol version {message.v}, expected {PROTOCOL_VERSION}")
+        return message
+
+
+def to_builtins(obj: Any) -> Any:
+    """Plain dicts and lists, for JSON sinks and status output."""
+    return msgspec.to_builtins(obj)

@@ -1,0 +1,1 @@
+"""The supervisor: spawns actors, watches them and applies the restart policy."""

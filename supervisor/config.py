@@ -1,0 +1,365 @@
+"""Loads config.yaml and the environment once, into typed, validated objects.
+
+Every error names the key by its path (``supervisor.leak.window_s``, ``feeds[2].kind``).
+Secrets come only from the environment and never print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from actors.errors import ConfigError
+
+ENV_CONFIG = "CATALYST_CONFIG"
+
+
+def setting(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with bounds, checked at load time."""
+    meta = {"ge": ge, "gt": gt, "le": le}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    name: str
+    url: str
+    kind: Literal["pr", "sec"]
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    connect_timeout_s: float = setting(5.0, gt=0)
+    read_timeout_s: float = setting(10.0, gt=0)
+    max_bytes: int = setting(5_000_000, ge=1024)
+    max_workers: int = setting(16, ge=1, le=256)
+    freshness_pr_s: float = setting(86400.0, gt=0)   # older items are dropped
+    freshness_sec_s: float = setting(3 * 86400.0, gt=0)
+
+
+@dataclass(frozen=True)
+class SqliteConfig:
+    journal_mode: Literal["WAL"] = "WAL"
+    synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    cache_size: int = -16000  # negative: KiB
+    temp_store: Literal["DEFAULT", "FILE", "MEMORY"] = "MEMORY"
+    mmap_size: int = setting(268_435_456, ge=0)
+    busy_timeout_ms: int = setting(5000, ge=0)
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    ttl_days: float = setting(7.0, gt=0)
+    lease_s: float = setting(120.0, gt=0)
+    max_attempts: int = setting(5, ge=1)
+    purge_interval_s: float = setting(3600.0, gt=0)
+    redeliver_batch: int = setting(500, ge=1)
+    sqlite: SqliteConfig = setting(factory=SqliteConfig)
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    provider: Literal["rules", "gemini"] = "rules"
+    model: str = "gemini-2.5-flash"
+    base_url: str | None = None
+    api_version: str = "v1beta"
+    timeout_s: float = setting(30.0, gt=0)
+    cache_size: int = setting(10_000, ge=1)
+    cache_ttl_s: float = setting(72 * 3600.0, gt=0)
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    type: Literal["console", "jsonl", "discord"]
+    path: str | None = None  # jsonl
+    webhook_url_env: str | None = None  # discord: the NAME of the environment variable
+
+
+@dataclass(frozen=True)
+class ChartsConfig:
+    enabled: bool = True
+    dir: str = "var/charts"
+    # Price bars over HTTP: "{ticker}" is replaced. None: no charts (no price data).
+    price_url: str | None = None
+    max_wait_s: float = setting(2.0, ge=0)
+    cache_size: int = setting(256, ge=1)
+    cache_ttl_s: float = setting(300.0, gt=0)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    min_score: float = setting(0.5, ge=0, le=1)
+    sinks: list[SinkConfig] = setting(factory=lambda: [SinkConfig(type="console")])
+    admin: SinkConfig = setting(factory=lambda: SinkConfig(type="console"))
+    charts: ChartsConfig = setting(factory=ChartsConfig)
+
+
+@dataclass(frozen=True)
+class ActorKindConfig:
+    instances: int = setting(1, ge=0, le=64)
+    max_rss_mb: float = setting(400.0, gt=0)
+
+
+@dataclass(frozen=True)
+class ActorsConfig:
+    fetcher: ActorKindConfig = setting(factory=ActorKindConfig)
+    dedupe: ActorKindConfig = setting(factory=ActorKindConfig)
+    llm: ActorKindConfig = setting(factory=ActorKindConfig)
+    alert: ActorKindConfig = setting(factory=ActorKindConfig)
+
+
+@dataclass(frozen=True)
+class LeakConfig:
+    window_s: float = setting(300.0, gt=0)
+    max_growth_mb_per_min: float = setting(5.0, gt=0)
+
+
+@dataclass(frozen=True)
+class RestartConfig:
+    backoff_initial_s: float = setting(0.5, ge=0)
+    backoff_max_s: float = setting(30.0, ge=0)
+    max_restarts: int = setting(5, ge=0)
+    period_s: float = setting(60.0, gt=0)
+    on_give_up: Literal["keep_running", "shutdown"] = "keep_running"
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    heartbeat_interval_s: float = setting(1.0, gt=0)
+    heartbeat_timeout_s: float = setting(10.0, gt=0)
+    memory_check_interval_s: float = setting(0.5, gt=0)
+    stop_timeout_s: float = setting(10.0, gt=0)
+    drain_timeout_s: float = setting(30.0, ge=0)
+    samples_kept: int = setting(2000, ge=10)  # psutil samples kept per actor
+    leak: LeakConfig = setting(factory=LeakConfig)
+    restart: RestartConfig = setting(factory=RestartConfig)
+    metrics_port: int = setting(9108, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class EndpointsConfig:
+    """Socket addresses; None means an ipc:// socket in run_dir."""
+
+    control: str | None = None  # actors' DEALERs -> supervisor ROUTER
+    cli: str | None = None  # CLI REQ -> supervisor ROUTER
+    dedupe_in: str | None = None
+    dedupe_acks: str | None = None
+    dedupe_rpc: str | None = None
+    llm_in: str | None = None
+    alert_in: str | None = None
+
+
+class Secrets:
+    """Values from the environment; repr never shows them."""
+
+    NAMES = ("GEMINI_API_KEY", "DISCORD_WEBHOOK_URL", "DISCORD_ADMIN_WEBHOOK_URL")
+
+    def __init__(self, values: dict[str, str]):
+        self._values = dict(values)
+
+    @classmethod
+    def from_environment(cls, extra_names: typing.Iterable[str] = ()) -> Secrets:
+        names = set(cls.NAMES) | set(extra_names)
+        return cls({n: os.environ[n] for n in names if os.environ.get(n)})
+
+    def get(self, name: str) -> str | None:
+        return self._values.get(name)
+
+    def all_values(self) -> list[str]:
+        return [v for v in self._values.values() if v]
+
+    def __repr__(self) -> str:
+        return f"Secrets({sorted(self._values)} set)"
+
+    def __reduce__(self):  # survives the trip to an actor process, not into a repr
+        return (Secrets, (self._values,))
+
+
+@dataclass(frozen=True)
+class Config:
+    run_dir: str = "var/run"
+    data_dir: str = "var/data"
+    log_dir: str = "var/log"
+    poll_interval_s: float = setting(60.0, gt=0)
+    sec_user_agent: str | None = None
+    feeds: list[FeedConfig] = setting(factory=list)
+    fetch: FetchConfig = setting(factory=FetchConfig)
+    dedupe: DedupeConfig = setting(factory=DedupeConfig)
+    llm: LLMConfig = setting(factory=LLMConfig)
+    alerts: AlertsConfig = setting(factory=AlertsConfig)
+    actors: ActorsConfig = setting(factory=ActorsConfig)
+    supervisor: SupervisorConfig = setting(factory=SupervisorConfig)
+    endpoints: EndpointsConfig = setting(factory=EndpointsConfig)
+    secrets: Secrets = field(default_factory=lambda: Secrets({}), compare=False)
+    source: str | None = field(default=None, compare=False)  # the file it came from
+
+    def path(self, value: str) -> Path:
+        """A configured path, relative ones resolved against the config file's directory."""
+        base = Path(self.source).parent if self.source else Path.cwd()
+        return (base / value).resolve()
+
+    def endpoint(self, name: str) -> str:
+        configured = getattr(self.endpoints, name)
+        return configured or f"ipc://{self.path(self.run_dir) / (name + '.sock')}"
+
+    def enabled_feeds(self) -> list[FeedConfig]:
+        return [f for f in self.feeds if f.enabled]
+
+
+# Loading ------------------------------------------------------------------
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, path)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(path, f"{value!r} is not {_describe(tp)}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(path, f"expected a list, got {type(value).__name__}")
+        (inner,) = typing.get_args(tp)
+        return [_convert(inner, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true or false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected a whole number, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(path, f"unsupported type {tp!r}")  # a bug in this module, not in the file
+
+
+def _check_bounds(f: dataclasses.Field, value: Any, path: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    meta = f.metadata
+    if meta.get("ge") is not None and value < meta["ge"]:
+        raise ConfigError(path, f"must be >= {meta['ge']}, got {value}")
+    if meta.get("gt") is not None and value <= meta["gt"]:
+        raise ConfigError(path, f"must be > {meta['gt']}, got {value}")
+    if meta.get("le") is not None and value > meta["le"]:
+        raise ConfigError(path, f"must be <= {meta['le']}, got {value}")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, f"expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("secrets", "source")}
+    for key in data:
+        if key not in fields:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        where = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], where)
+            _check_bounds(f, kwargs[name], where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(where, "required key is missing")
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    names = set()
+    for i, feed in enumerate(cfg.feeds):
+        if feed.name in names:
+            raise ConfigError(f"feeds[{i}].name", f"duplicate feed name {feed.name!r}")
+        names.add(feed.name)
+        if not feed.url.startswith(("http://", "https://")):
+            raise ConfigError(f"feeds[{i}].url", "must be an http:// or https:// URL")
+        if feed.enabled and feed.kind == "sec" and not (cfg.sec_user_agent or "").strip():
+            raise ConfigError("sec_user_agent", f"required by EDGAR feed {feed.name!r}: "
+                              "SEC fair access asks for a contact User-Agent")
+    for i, sink in enumerate([*cfg.alerts.sinks, cfg.alerts.admin]):
+        where = f"alerts.sinks[{i}]" if i < len(cfg.alerts.sinks) else "alerts.admin"
+        if sink.type == "jsonl" and not sink.path:
+            raise ConfigError(f"{where}.path", "required for a jsonl sink")
+        if sink.type == "discord" and not sink.webhook_url_env:
+            raise ConfigError(f"{where}.webhook_url_env", "required for a discord sink")
+    sup = cfg.supervisor
+    if sup.heartbeat_timeout_s <= 2 * sup.heartbeat_interval_s:
+        raise ConfigError("supervisor.heartbeat_timeout_s",
+                          "must exceed twice supervisor.heartbeat_interval_s")
+    if sup.restart.backoff_max_s < sup.restart.backoff_initial_s:
+        raise ConfigError("supervisor.restart.backoff_max_s", "must be >= backoff_initial_s")
+    for name in (f.name for f in dataclasses.fields(EndpointsConfig)):
+        value = getattr(cfg.endpoints, name)
+        if value is None or value.startswith("ipc://"):
+            continue
+        if value.startswith("tcp://"):
+            raise ConfigError(f"endpoints.{name}", "tcp:// endpoints need CurveZMQ keys, "
+                              "which this version does not configure yet; use ipc://")
+        raise ConfigError(f"endpoints.{name}", "must start with ipc://")
+    if cfg.actors.dedupe.instances != 1:
+        raise ConfigError("actors.dedupe.instances", "must be 1: one process owns the SeenStore")
+    for kind in ("llm", "alert"):
+        if getattr(cfg.actors, kind).instances < 1:
+            raise ConfigError(f"actors.{kind}.instances", "must be at least 1")
+
+
+def config_from_dict(data: Any, source: str | None = None,
+                     secrets: Secrets | None = None) -> Config:
+    cfg = _build(Config, data, "")
+    extra = [s.webhook_url_env for s in [*cfg.alerts.sinks, cfg.alerts.admin] if s.webhook_url_env]
+    cfg = dataclasses.replace(cfg, source=source,
+                              secrets=secrets or Secrets.from_environment(extra))
+    _validate(cfg)
+    return cfg
+
+
+def default_config_path() -> str:
+    return os.environ.get(ENV_CONFIG) or "config.yaml"
+
+
+def load_config(path: str | os.PathLike | None = None) -> Config:
+    path = Path(path or default_config_path())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    return config_from_dict(data, source=str(path.resolve()))
