@@ -46,6 +46,14 @@ class FetchConfig:
     max_workers: int = setting(16, ge=1, le=256)
     freshness_pr_s: float = setting(86400.0, gt=0)   # older items are dropped
     freshness_sec_s: float = setting(3 * 86400.0, gt=0)
+    edgar_max_rps: float = setting(10.0, gt=0, le=10)  # shared by all fetcher instances
+    breaker_failures: int = setting(3, ge=1)  # consecutive failures that open a feed's breaker
+    breaker_backoff_initial_s: float = setting(30.0, gt=0)
+    breaker_backoff_max_s: float = setting(900.0, gt=0)
+    outage_cycles: int = setting(5, ge=1)  # cycles with no items from any feed = outage
+    otc_tickers: bool = False  # also take OTC-market tickers
+    company_tickers_url: str = "https://www.sec.gov/files/company_tickers.json"
+    company_tickers_max_age_s: float = setting(7 * 86400.0, gt=0)
 
 
 @dataclass(frozen=True)
