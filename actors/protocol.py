@@ -61,7 +61,7 @@ class Message(msgspec.Struct, tag_field="t", kw_only=True):
 # Data plane ---------------------------------------------------------------
 
 
-class Items(Message, tag="items"):
+class Items(Message, tag="items", kw_only=True):
     """fetcher -> dedupe: candidates from one fetch cycle."""
 
     fetcher: ShortText
@@ -69,21 +69,21 @@ class Items(Message, tag="items"):
     items: Annotated[list[Item], msgspec.Meta(max_length=10000)]
 
 
-class CycleDone(Message, tag="cycle_done"):
+class CycleDone(Message, tag="cycle_done", kw_only=True):
     """fetcher -> dedupe, after the cycle's items: a drain marker (PUSH keeps order)."""
 
     fetcher: ShortText
     cycle: int
 
 
-class Deliver(Message, tag="deliver"):
+class Deliver(Message, tag="deliver", kw_only=True):
     """dedupe -> llm: a claimed item, with how many times it has been sent."""
 
     item: Item
     attempt: int
 
 
-class Classified(Message, tag="classified"):
+class Classified(Message, tag="classified", kw_only=True):
     """llm -> alert."""
 
     item: Item
@@ -91,27 +91,32 @@ class Classified(Message, tag="classified"):
     attempt: int
 
 
-class Ack(Message, tag="ack"):
+class Ack(Message, tag="ack", kw_only=True):
     """alert -> dedupe: these keys are finished."""
 
     keys: Annotated[list[Key], msgspec.Meta(max_length=10000)]
     outcome: Literal["delivered", "filtered"]
 
 
-class Claim(Message, tag="claim"):
-    """request on the dedupe RPC socket: claim these items, tell me which were new."""
+class Claim(Message, tag="claim", kw_only=True):
+    """request on the dedupe RPC socket: claim these items, tell me which were new.
 
+    The reply comes only after the claim is committed, so a fetcher that holds a batch
+    until it is answered loses nothing when the dedupe actor dies (Titanic)."""
+
+    req_id: int = 0
     items: Annotated[list[Item], msgspec.Meta(max_length=10000)]
 
 
-class Claimed(Message, tag="claimed"):
+class Claimed(Message, tag="claimed", kw_only=True):
+    req_id: int = 0
     new: list[Key]
 
 
 # Control plane ------------------------------------------------------------
 
 
-class Heartbeat(Message, tag="hb"):
+class Heartbeat(Message, tag="hb", kw_only=True):
     """actor -> supervisor, every heartbeat interval; stats are the actor's own."""
 
     name: ShortText
@@ -119,17 +124,18 @@ class Heartbeat(Message, tag="hb"):
     stats: dict[str, Any] = {}
 
 
-class Ping(Message, tag="ping"):
+class Ping(Message, tag="ping", kw_only=True):
     """supervisor -> actor: the supervisor is alive (Paranoid Pirate, both ways)."""
 
 
-class Command(Message, tag="cmd"):
+class Command(Message, tag="cmd", kw_only=True):
     """supervisor -> actor."""
 
     command: Literal["stop", "report"]
+    token: int = 0  # "report" answers with a heartbeat carrying this token
 
 
-class AdminEvent(Message, tag="admin"):
+class AdminEvent(Message, tag="admin", kw_only=True):
     """actor -> supervisor, written to the admin sink by the supervisor."""
 
     event: ShortText
@@ -140,14 +146,14 @@ class AdminEvent(Message, tag="admin"):
     at: float = 0.0
 
 
-class Request(Message, tag="req"):
+class Request(Message, tag="req", kw_only=True):
     """CLI -> supervisor control socket."""
 
     command: ShortText
     args: dict[str, Any] = {}
 
 
-class Reply(Message, tag="rep"):
+class Reply(Message, tag="rep", kw_only=True):
     ok: bool
     result: Any = None
     error: str | None = None

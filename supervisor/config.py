@@ -103,6 +103,7 @@ class ChartsConfig:
     max_wait_s: float = setting(2.0, ge=0)
     cache_size: int = setting(256, ge=1)
     cache_ttl_s: float = setting(300.0, gt=0)
+    keep_days: float = setting(7.0, gt=0)  # older chart files are removed
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,11 @@ class Config:
         configured = getattr(self.endpoints, name)
         return configured or f"ipc://{self.path(self.run_dir) / (name + '.sock')}"
 
+    def instance_endpoint(self, name: str, index: int) -> str:
+        """The inbox of one instance of a kind that may run several (llm_in, alert_in)."""
+        base = self.endpoint(name)
+        return f"{base[:-5]}-{index}.sock" if base.endswith(".sock") else f"{base}-{index}"
+
     def enabled_feeds(self) -> list[FeedConfig]:
         return [f for f in self.feeds if f.enabled]
 
@@ -339,6 +345,9 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"endpoints.{name}", "tcp:// endpoints need CurveZMQ keys, "
                               "which this version does not configure yet; use ipc://")
         raise ConfigError(f"endpoints.{name}", "must start with ipc://")
+    run_dir = cfg.path(cfg.run_dir)
+    if len(str(run_dir)) > 80:  # unix socket paths are limited to 107 bytes
+        raise ConfigError("run_dir", f"{run_dir} is too long for ipc:// socket paths")
     if cfg.actors.dedupe.instances != 1:
         raise ConfigError("actors.dedupe.instances", "must be 1: one process owns the SeenStore")
     for kind in ("llm", "alert"):

@@ -1,0 +1,298 @@
+"""The actor loop every kind shares: sockets, heartbeats, commands, clean stop.
+
+An actor is one OS process. It talks to the supervisor over a DEALER on the control
+endpoint (heartbeats and admin events up, pings and commands down) and exits on its own
+when the supervisor is gone (Paranoid Pirate, both ways: invariant 7).
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar
+
+import zmq
+
+from actors import protocol
+from actors.errors import ProtocolError, StoreLockedError
+from actors.logsetup import setup_logging
+
+log = logging.getLogger("catalyst.actor")
+
+EXIT_OK = 0
+EXIT_ORPHANED = 3  # the supervisor went away
+EXIT_LOCKED = 75  # another process owns our database (EX_TEMPFAIL)
+RECV_BATCH = 1000  # messages handled from one socket before others get a turn
+DATA_HWM = 1000  # high-water mark on data-plane sockets: backpressure, not queues
+LINGER_MS = 500
+
+
+@dataclass
+class ActorSpec:
+    """What the supervisor hands a new actor process (pickled at process start only)."""
+
+    name: str
+    kind: str
+    index: int
+    config: Any  # supervisor.config.Config
+    supervisor_pid: int
+    options: dict[str, Any] = field(default_factory=dict)
+    actor_class: str | None = None  # "module:Class", for test actors
+
+
+class Outbox:
+    """Frames waiting for a PUSH socket to accept them; bounded, so input pauses when full."""
+
+    def __init__(self, sock: zmq.Socket, limit: int = DATA_HWM):
+        self.sock = sock
+        self.limit = limit
+        self.frames: collections.deque[bytes] = collections.deque()
+
+    def send(self, frame: bytes) -> None:
+        self.frames.append(frame)
+        self.flush()
+
+    def flush(self) -> None:
+        while self.frames:
+            try:
+                self.sock.send(self.frames[0], zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self.frames.popleft()
+
+    @property
+    def full(self) -> bool:
+        return len(self.frames) >= self.limit
+
+
+class Actor:
+    """Base of every actor kind. Subclasses override the hooks; the loop is here once."""
+
+    kind: ClassVar[str] = "actor"
+    data_codec: ClassVar[protocol.Codec | None] = None
+
+    def __init__(self, spec: ActorSpec):
+        self.spec = spec
+        self.name = spec.name
+        self.config = spec.config
+        self.ctx = zmq.Context()
+        self.poller = zmq.Poller()
+        self.readers: dict[Any, Callable[[], None]] = {}
+        self.outboxes: list[Outbox] = []
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.stopping = False
+        self.started = time.monotonic()
+        sup = self.config.supervisor
+        self.heartbeat_interval = sup.heartbeat_interval_s
+        self.heartbeat_timeout = sup.heartbeat_timeout_s
+        self.last_ping = time.monotonic()
+        self._control_codec = protocol.Codec(protocol.Ping, protocol.Command)
+        self.control = self.ctx.socket(zmq.DEALER)
+        self.control.setsockopt(zmq.IDENTITY, self.name.encode())
+        self.control.setsockopt(zmq.LINGER, LINGER_MS)
+        self.control.setsockopt(zmq.SNDHWM, 100)
+        self.control.connect(self.config.endpoint("control"))
+        self.add_reader(self.control, self._on_control)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
+    # Hooks -------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Open sockets and resources."""
+
+    def tick(self, now: float) -> None:
+        """Periodic work; called every loop turn."""
+
+    def next_deadline(self, now: float) -> float:
+        """When tick() next has work to do (monotonic time)."""
+        return now + self.heartbeat_interval
+
+    def stats(self) -> dict[str, Any]:
+        """Numbers for status, metrics and the drain check."""
+        return {}
+
+    def idle(self) -> bool:
+        """True when a stop may proceed: nothing in flight."""
+        return all(not o.frames for o in self.outboxes)
+
+    def input_paused(self) -> bool:
+        """True while downstream is full; data readers are not polled then."""
+        return any(o.full for o in self.outboxes)
+
+    def teardown(self) -> None:
+        """Release resources; the sockets close after this."""
+
+    # Helpers -----------------------------------------------------------
+
+    def socket(self, kind: int, *, bind: str | list[str] = (), connect: str | list[str] = (),
+               hwm: int = DATA_HWM) -> zmq.Socket:
+        sock = self.ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, LINGER_MS)
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        if kind in (zmq.PUSH, zmq.DEALER):
+            sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to peers that are really there
+        for endpoint in [bind] if isinstance(bind, str) else bind:
+            sock.bind(endpoint)
+        for endpoint in [connect] if isinstance(connect, str) else connect:
+            sock.connect(endpoint)
+        return sock
+
+    def add_reader(self, sock: Any, callback: Callable[[], None]) -> None:
+        self.readers[sock] = callback
+
+    def outbox(self, sock: zmq.Socket) -> Outbox:
+        box = Outbox(sock)
+        self.outboxes.append(box)
+        return box
+
+    def recv_messages(self, sock: zmq.Socket, codec: protocol.Codec):
+        """Yields decoded messages waiting on sock; malformed ones are counted and dropped."""
+        for _ in range(RECV_BATCH):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            try:
+                yield frames[:-1], codec.decode(frames[-1])
+            except ProtocolError as exc:
+                self.counters["bad_messages"] += 1
+                log.warning("%s dropped a bad message: %s", self.name, exc)
+
+    def admin(self, event: str, message: str, *, reason: str = "", level: str = "warning") -> None:
+        """An admin event; the supervisor writes it to the admin sink."""
+        ev = protocol.AdminEvent(event=event, actor=self.name, reason=reason, message=message,
+                                 level=level, at=time.time())
+        try:
+            self.control.send(protocol.encode(ev), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("%s could not send admin event %s: %s", self.name, event, message)
+
+    def request_stop(self) -> None:
+        self.stopping = True
+
+    # The loop ----------------------------------------------------------
+
+    def heartbeat(self, token: int = 0) -> None:
+        stats = dict(self.counters)
+        stats.update(self.stats())
+        hb = protocol.Heartbeat(name=self.name, pid=os.getpid(), stats=stats)
+        if token:
+            hb.stats["report_token"] = token
+        try:
+            self.control.send(protocol.encode(hb), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # the supervisor is away; the orphan check decides what that means
+
+    def _on_control(self) -> None:
+        for _, msg in self.recv_messages(self.control, self._control_codec):
+            self.last_ping = time.monotonic()
+            if isinstance(msg, protocol.Command):
+                if msg.command == "stop":
+                    log.info("%s: stop requested", self.name)
+                    self.request_stop()
+                elif msg.command == "report":
+                    self.heartbeat(token=msg.token)
+
+    def _supervisor_gone(self, now: float) -> bool:
+        try:
+            os.kill(self.spec.supervisor_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            pass
+        return now - self.last_ping > self.heartbeat_timeout
+
+    def _on_signal_wake(self) -> None:
+        try:
+            while self._wake_r.recv(64):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def run(self) -> int:
+        self.add_reader(self._wake_r.fileno(), self._on_signal_wake)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        try:
+            self.setup()
+        except StoreLockedError as exc:
+            log.error("%s: %s", self.name, exc)
+            return EXIT_LOCKED
+        self.heartbeat()
+        next_heartbeat = time.monotonic() + self.heartbeat_interval
+        try:
+            return self._loop(next_heartbeat)
+        finally:
+            self.teardown()
+            self.ctx.destroy(linger=LINGER_MS)
+
+    def _loop(self, next_heartbeat: float) -> int:
+        while True:
+            now = time.monotonic()
+            deadline = min(next_heartbeat, self.next_deadline(now))
+            poller = zmq.Poller()
+            paused = self.input_paused()
+            for sock in self.readers:
+                if not (paused and sock not in (self.control, self._wake_r.fileno())):
+                    poller.register(sock, zmq.POLLIN)
+            for box in self.outboxes:
+                if box.frames:
+                    poller.register(box.sock, zmq.POLLOUT)
+            timeout_ms = max(0, int((deadline - now) * 1000) + 1)
+            for sock, event in poller.poll(timeout_ms):
+                if event & zmq.POLLIN:
+                    self.readers[sock]()
+            for box in self.outboxes:
+                box.flush()
+            now = time.monotonic()
+            self.tick(now)
+            if now >= next_heartbeat:
+                self.heartbeat()
+                next_heartbeat = now + self.heartbeat_interval
+                if self._supervisor_gone(now):
+                    log.error("%s: supervisor gone, exiting", self.name)
+                    return EXIT_ORPHANED
+            if self.stopping and self.idle():
+                self.heartbeat()
+                log.info("%s: stopped cleanly", self.name)
+                return EXIT_OK
+
+
+ACTOR_CLASSES = {
+    "fetcher": "actors.fetcher:FetcherActor",
+    "dedupe": "actors.dedupe:DedupeActor",
+    "llm": "actors.llm:LLMActor",
+    "alert": "actors.alert:AlertActor",
+}
+
+
+def load_class(path: str) -> type[Actor]:
+    import importlib
+
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def actor_main(spec: ActorSpec) -> None:
+    """Entry point of an actor process (the target the supervisor starts)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor orders the stop
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"catalyst: {spec.name}")
+    except ImportError:
+        pass
+    setup_logging(spec.config)
+    cls = load_class(spec.actor_class or ACTOR_CLASSES[spec.kind])
+    actor = cls(spec)
+    code = actor.run()
+    logging.shutdown()
+    os._exit(code)  # skip inherited atexit handlers of the fork server

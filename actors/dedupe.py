@@ -1,0 +1,113 @@
+"""The dedupe actor: sole owner of the SeenStore; claims, forwards, redelivers, dead-letters."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import zmq
+
+from actors import protocol
+from actors.base import Actor
+from actors.seen_store import SqliteSeenStore
+
+log = logging.getLogger("catalyst.dedupe")
+
+LEASE_SCAN_MAX_S = 1.0  # expired leases are looked for at least this often
+
+
+class DedupeActor(Actor):
+    kind = "dedupe"
+
+    def setup(self) -> None:
+        cfg = self.config
+        d = cfg.dedupe
+        self.store = SqliteSeenStore(
+            cfg.path(cfg.data_dir) / "seen.db", sqlite_cfg=d.sqlite, lease_s=d.lease_s,
+            max_attempts=d.max_attempts, ttl_s=d.ttl_days * 86400.0,
+            on_corrupt=lambda msg: self.admin("store_corrupt", msg, reason="corrupt",
+                                              level="error"))
+        self.rpc = self.socket(zmq.ROUTER, bind=cfg.endpoint("dedupe_rpc"))
+        self.acks = self.socket(zmq.PULL, bind=cfg.endpoint("dedupe_acks"))
+        self.deliver = self.socket(
+            zmq.PUSH, connect=[cfg.instance_endpoint("llm_in", i)
+                               for i in range(cfg.actors.llm.instances)])
+        self.add_reader(self.rpc, self._on_claims)
+        self.add_reader(self.acks, self._on_acks)
+        self.rpc_codec = protocol.Codec(protocol.Claim)
+        self.ack_codec = protocol.Codec(protocol.Ack)
+        self.lease_scan_s = min(LEASE_SCAN_MAX_S, d.lease_s / 4)
+        self.next_lease_scan = 0.0  # pending items from before a restart go out at once
+        self.next_purge = time.monotonic() + min(60.0, d.purge_interval_s)
+        restored = self.store.expire_all_leases()
+        if restored:
+            log.info("%d pending items from an earlier run will be sent again", restored)
+        self.pending = self.store.pending_count()
+
+    def _send(self, item: protocol.Item, attempt: int) -> bool:
+        try:
+            self.deliver.send(protocol.encode(protocol.Deliver(item=item, attempt=attempt)),
+                              zmq.NOBLOCK)
+            return True
+        except zmq.Again:
+            return False
+
+    def _forward(self, batch: list[tuple[protocol.Item, int]]) -> None:
+        unsent = [item.key for item, attempt in batch if not self._send(item, attempt)]
+        if unsent:
+            self.counters["forward_deferred"] += len(unsent)
+            self.store.unsent(unsent)
+
+    def _on_claims(self) -> None:
+        for envelope, claim in self.recv_messages(self.rpc, self.rpc_codec):
+            new = self.store.claim(claim.items)
+            self.counters["claimed"] += len(claim.items)
+            self.counters["new"] += len(new)
+            self.counters["duplicates"] += len(claim.items) - len(new)
+            self.pending += len(new)
+            reply = protocol.Claimed(req_id=claim.req_id, new=[it.key for it in new])
+            self.rpc.send_multipart([*envelope, protocol.encode(reply)])
+            self._forward([(item, 1) for item in new])
+
+    def _on_acks(self) -> None:
+        by_outcome: dict[str, list[str]] = {"delivered": [], "filtered": []}
+        for _, ack in self.recv_messages(self.acks, self.ack_codec):
+            by_outcome[ack.outcome].extend(ack.keys)
+        for outcome, keys in by_outcome.items():
+            if keys:
+                finished = self.store.finish(keys, outcome)
+                self.counters[outcome] += finished
+                self.counters["late_acks"] += len(keys) - finished
+                self.pending -= finished
+
+    def _scan_leases(self) -> None:
+        due = self.store.due(limit=self.config.dedupe.redeliver_batch)
+        for item in due.dead:
+            self.counters["dead"] += 1
+            self.pending -= 1
+            self.admin("dead_letter", f"{item.key} ({item.title[:120]}) gave up after "
+                       f"{self.config.dedupe.max_attempts} attempts", reason="max_attempts",
+                       level="error")
+        if due.resend:
+            self.counters["redelivered"] += len(due.resend)
+            self._forward([(r.item, r.attempt) for r in due.resend])
+
+    def next_deadline(self, now: float) -> float:
+        return min(self.next_lease_scan, self.next_purge, now + self.heartbeat_interval)
+
+    def tick(self, now: float) -> None:
+        if now >= self.next_lease_scan:
+            self._scan_leases()
+            self.next_lease_scan = now + self.lease_scan_s
+        if now >= self.next_purge:
+            purged = self.store.purge()
+            self.counters["purged"] += purged
+            self.next_purge = now + self.config.dedupe.purge_interval_s
+
+    def stats(self) -> dict:
+        return {"pending": self.pending}
+
+    def teardown(self) -> None:
+        store = getattr(self, "store", None)
+        if store:
+            store.close()

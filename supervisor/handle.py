@@ -1,0 +1,90 @@
+"""One supervised actor: its process, state, heartbeat, memory and restart record."""
+
+from __future__ import annotations
+
+import collections
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from supervisor.policy import RestartPolicy
+from supervisor.watch import MemoryHistory
+
+STATES = ("starting", "running", "stopping", "backoff", "failed", "stopped")
+REASONS = ("exit", "hang", "memory", "leak", "manual")
+MARKERS_KEPT = 200
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+@dataclass
+class ActorHandle:
+    name: str
+    kind: str
+    index: int
+    max_rss_mb: float
+    policy: RestartPolicy
+    samples_kept: int
+    actor_class: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    process: Any = None
+    pid: int | None = None
+    state: str = "stopped"
+    started_at: float = 0.0  # monotonic
+    last_heartbeat: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 0
+    restarts_by_reason: collections.Counter = field(default_factory=collections.Counter)
+    last_restart_reason: str | None = None
+    last_exit: str | None = None
+    pending_reason: str | None = None  # why we are stopping it, when we are
+    stop_sent_at: float | None = None
+    term_sent_at: float | None = None
+    restart_at: float | None = None
+    memory: MemoryHistory = None  # type: ignore[assignment]
+    timeline: collections.deque = None  # type: ignore[assignment]  # (wall time, rss_mb)
+    markers: collections.deque = field(
+        default_factory=lambda: collections.deque(maxlen=MARKERS_KEPT))  # (wall time, reason)
+    next_leak_check: float = 0.0
+
+    def __post_init__(self):
+        self.memory = MemoryHistory(self.samples_kept)
+        self.timeline = collections.deque(maxlen=self.samples_kept)
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None
+
+    def uptime_s(self, now: float) -> float:
+        return round(now - self.started_at, 3) if self.alive and self.started_at else 0.0
+
+    def heartbeat_age_s(self, now: float) -> float | None:
+        return round(now - self.last_heartbeat, 3) if self.alive and self.last_heartbeat else None
+
+    def rss_mb(self) -> float | None:
+        return round(self.memory.samples[-1].rss_mb, 2) if self.memory.samples else None
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.kind, "pid": self.pid, "state": self.state,
+            "rss_mb": self.rss_mb() if self.alive else None, "max_rss_mb": self.max_rss_mb,
+            "restarts": self.restarts, "last_restart_reason": self.last_restart_reason,
+            "last_exit": self.last_exit, "uptime_s": self.uptime_s(now),
+            "heartbeat_age_s": self.heartbeat_age_s(now), "stats": self.stats,
+        }
+
+    def record_restart(self, reason: str) -> None:
+        self.restarts += 1
+        self.restarts_by_reason[reason] += 1
+        self.last_restart_reason = reason
+        self.markers.append((time.time(), reason))

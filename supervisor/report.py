@@ -1,0 +1,55 @@
+"""The operator's picture: RSS per actor over time with its limit and restart markers,
+plus delivered alerts and model usage as the actors last reported them."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+REASON_COLOURS = {"exit": "tab:red", "hang": "tab:purple", "memory": "tab:orange",
+                  "leak": "tab:brown", "manual": "tab:gray"}
+
+
+def render_report(history: dict[str, Any], path: str | Path) -> Path:
+    actors = history.get("actors", {})
+    fig = Figure(figsize=(11, 3.2 * max(1, len(actors)) / 2 + 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(2, 2, height_ratios=[3, 1.3])
+    ax = fig.add_subplot(grid[0, :])
+    for name, a in actors.items():
+        if not a["timeline"]:
+            continue
+        times = [datetime.fromtimestamp(t) for t, _ in a["timeline"]]
+        line, = ax.plot(times, [r for _, r in a["timeline"]], label=name, lw=1.2)
+        ax.axhline(a["max_rss_mb"], color=line.get_color(), ls=":", lw=0.8)
+        for t, reason in a["markers"]:
+            ax.axvline(datetime.fromtimestamp(t), color=REASON_COLOURS.get(reason, "k"),
+                       lw=0.8, alpha=0.8)
+            ax.annotate(f"{name}: {reason}", (datetime.fromtimestamp(t), ax.get_ylim()[1]),
+                        rotation=90, fontsize=7, va="top", ha="right")
+    ax.set_title("Actor RSS (MB); dotted: each actor's limit; vertical: restarts by reason")
+    ax.set_ylabel("RSS MB")
+    ax.legend(loc="upper left", fontsize=8, ncols=4)
+    ax.grid(alpha=0.3)
+    alerts = fig.add_subplot(grid[1, 0])
+    counts = {}
+    for name, a in actors.items():
+        for key in ("delivered", "filtered", "new", "duplicates"):
+            value = a.get("stats", {}).get(key)
+            if isinstance(value, (int, float)):
+                counts[f"{key}"] = counts.get(key, 0) + value
+    alerts.bar(list(counts), list(counts.values()), color="tab:blue")
+    alerts.set_title("Items (as last reported)", fontsize=9)
+    cost = fig.add_subplot(grid[1, 1])
+    usage = {name: a.get("stats", {}).get("cost_usd_today", 0.0) for name, a in actors.items()
+             if a.get("kind") == "llm"}
+    cost.bar(list(usage), list(usage.values()), color="tab:green")
+    cost.set_title("LLM cost today (USD)", fontsize=9)
+    fig.subplots_adjust(hspace=0.45, left=0.06, right=0.98, top=0.93, bottom=0.08)
+    path = Path(path)
+    fig.savefig(path)
+    return path

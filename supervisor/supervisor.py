@@ -1,0 +1,468 @@
+"""Spawns the actors, watches them, restarts them; stops them in order, draining.
+
+Mechanics live here; when to restart is supervisor.policy, what is sampled is
+supervisor.watch. One thread runs the loop: a zmq poller over the actors' control
+socket, the CLI socket and every process sentinel, so a crash is seen at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import multiprocess
+import zmq
+
+from actors import protocol
+from actors.base import EXIT_LOCKED, ActorSpec, actor_main
+from actors.errors import ProtocolError, StoreLockedError
+from actors.seen_store import FileLock
+from supervisor import control, systemd
+from supervisor.admin import AdminNotifier
+from supervisor.handle import ActorHandle, describe_exit
+from supervisor.policy import RestartPolicy
+from supervisor.watch import ProcessSampler
+
+log = logging.getLogger("catalyst.supervisor")
+
+START_ORDER = ("dedupe", "llm", "alert", "fetcher")
+# Loaded once in the fork server so an actor starts in milliseconds (DESIGN section 3).
+PRELOAD = ["zmq", "msgspec", "psutil", "requests", "feedparser", "cachetools",
+           "matplotlib.figure", "matplotlib.backends.backend_agg",
+           "actors.base", "actors.protocol", "actors.fetcher", "actors.dedupe",
+           "actors.llm", "actors.alert", "actors.charts", "actors.rules"]
+PRELOAD_GEMINI = ["google.genai"]
+EXIT_CLEAN, EXIT_GAVE_UP, EXIT_DRAIN_INCOMPLETE = 0, 1, 4
+HISTORY_FILE = "supervisor-history.json"
+
+
+def _fork_context(gemini: bool):
+    ctx = multiprocess.get_context("forkserver")
+    ctx.set_forkserver_preload(PRELOAD + (PRELOAD_GEMINI if gemini else []))
+    return ctx
+
+
+class Supervisor:
+    def __init__(self, config, *, max_cycles: int | None = None,
+                 extra_actors: list[dict] | None = None):
+        self.config = config
+        self.sup = config.supervisor
+        self.max_cycles = max_cycles
+        self.started = time.monotonic()
+        self.started_wall = time.time()
+        self.ctx = _fork_context(config.llm.provider == "gemini")
+        self.sampler = ProcessSampler()
+        self.handles: dict[str, ActorHandle] = {}
+        for kind in START_ORDER:
+            kcfg = getattr(config.actors, kind)
+            for i in range(kcfg.instances):
+                self._add_handle(f"{kind}-{i}", kind, i, kcfg.max_rss_mb)
+        for extra in extra_actors or []:  # test actors: {"name", "class", "max_rss_mb"}
+            self._add_handle(extra["name"], "test", 0, extra.get("max_rss_mb", 400.0),
+                             actor_class=extra["class"], options=extra.get("options", {}))
+        self.shutting_down = False
+        self.stop_requested: str | None = None
+        self.exit_code = EXIT_CLEAN
+        self.stopping_kinds: set[str] = set()
+        self.report_token = 0
+        self.admin = AdminNotifier(config)
+        self.notifier = systemd.Notifier.from_environment()
+        self.metrics_server = None
+
+    def _add_handle(self, name, kind, index, max_rss_mb, actor_class=None, options=None):
+        self.handles[name] = ActorHandle(
+            name=name, kind=kind, index=index, max_rss_mb=max_rss_mb,
+            policy=RestartPolicy(self.sup.restart), samples_kept=self.sup.samples_kept,
+            actor_class=actor_class, options=options or {})
+
+    # Setup --------------------------------------------------------------
+
+    def _open(self) -> None:
+        cfg = self.config
+        run_dir = cfg.path(cfg.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(run_dir, 0o700)
+        data_dir = cfg.path(cfg.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.lock = FileLock(data_dir / "supervisor.lock")  # raises StoreLockedError
+        self.zctx = zmq.Context()
+        self.control_sock = self.zctx.socket(zmq.ROUTER)
+        self.control_sock.setsockopt(zmq.LINGER, 0)
+        self.control_sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        self.control_sock.bind(cfg.endpoint("control"))
+        self.cli_sock = self.zctx.socket(zmq.ROUTER)
+        self.cli_sock.setsockopt(zmq.LINGER, 0)
+        self.cli_sock.bind(cfg.endpoint("cli"))
+        self.control_codec = protocol.Codec(protocol.Heartbeat, protocol.AdminEvent)
+        self.cli_codec = protocol.Codec(protocol.Request)
+        self._wake_r, self._wake_w = socket.socketpair()
+        for s in (self._wake_r, self._wake_w):
+            s.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._on_signal)
+        if self.sup.metrics_port:
+            from supervisor.metrics import start_metrics
+
+            self.metrics_server = start_metrics(self)
+
+    def _on_signal(self, signum, _frame) -> None:
+        self.stop_requested = signal.Signals(signum).name
+
+    # Spawning and killing ----------------------------------------------------
+
+    def spawn(self, h: ActorHandle) -> None:
+        options = dict(h.options)
+        if h.kind == "fetcher":
+            options["max_cycles"] = self.max_cycles
+            options["first_cycle"] = int(h.stats.get("cycles_done", 0)) + 1
+        spec = ActorSpec(name=h.name, kind=h.kind, index=h.index, config=self.config,
+                         supervisor_pid=os.getpid(), options=options, actor_class=h.actor_class)
+        proc = self.ctx.Process(target=actor_main, args=(spec,), name=h.name)
+        proc.start()
+        now = time.monotonic()
+        h.process, h.pid, h.state = proc, proc.pid, "starting"
+        h.started_at, h.last_heartbeat = now, now
+        h.pending_reason = h.stop_sent_at = h.term_sent_at = h.restart_at = None
+        h.memory.clear()
+        h.next_leak_check = now + self.sup.leak.window_s * 0.5
+        log.info("started %s (pid %d)", h.name, h.pid)
+
+    def send_command(self, h: ActorHandle, command: str, token: int = 0) -> None:
+        frame = protocol.encode(protocol.Command(command=command, token=token))
+        try:
+            self.control_sock.send_multipart([h.name.encode(), frame], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+
+    def stop_actor(self, h: ActorHandle, reason: str | None, *, kill: bool = False) -> None:
+        """Asks an actor to stop (or SIGKILLs it); _on_exit restarts it when reason is set."""
+        if not h.alive:
+            return
+        h.pending_reason = reason
+        now = time.monotonic()
+        if kill:
+            h.process.kill()
+            h.term_sent_at = h.stop_sent_at = now
+        elif h.stop_sent_at is None:
+            self.send_command(h, "stop")
+            h.stop_sent_at = now
+        h.state = "stopping"
+
+    def _escalate_stops(self, now: float) -> None:
+        timeout = self.sup.stop_timeout_s
+        for h in self.handles.values():
+            if not h.alive or h.stop_sent_at is None:
+                continue
+            if h.term_sent_at is None and now - h.stop_sent_at > timeout:
+                log.warning("%s did not stop in %.1fs; SIGTERM", h.name, timeout)
+                h.process.terminate()
+                h.term_sent_at = now
+            elif h.term_sent_at is not None and now - h.term_sent_at > timeout:
+                log.warning("%s ignored SIGTERM; SIGKILL", h.name)
+                h.process.kill()
+                h.term_sent_at = now
+
+    def _on_exit(self, h: ActorHandle) -> None:
+        proc = h.process
+        proc.join(1.0)
+        code = proc.exitcode
+        proc.close()
+        self.sampler.forget(h.pid)
+        h.process = None
+        h.last_exit = describe_exit(code)
+        reason = h.pending_reason
+        h.pending_reason = None
+        if h.kind in self.stopping_kinds:
+            h.state = "stopped"
+            log.info("%s stopped (%s)", h.name, h.last_exit)
+            return
+        if reason is None:
+            reason = "exit"
+            level = "error" if code != EXIT_LOCKED else "warning"
+            log.log(logging.ERROR if level == "error" else logging.WARNING,
+                    "%s exited unexpectedly (%s)", h.name, h.last_exit)
+        self._restart(h, reason)
+
+    def _restart(self, h: ActorHandle, reason: str) -> None:
+        h.record_restart(reason)
+        self.admin.event("restart", h.name, reason, f"{h.name} restarted: {reason} "
+                         f"({h.last_exit})", level="warning")
+        decision = h.policy.on_failure(time.monotonic()) if reason != "manual" else None
+        if decision and decision.give_up:
+            h.state = "failed"
+            r = self.sup.restart
+            msg = (f"{h.name} gave up: more than {r.max_restarts} restarts in "
+                   f"{r.period_s:.0f}s (last: {reason}, {h.last_exit})")
+            log.error(msg)
+            self.admin.event("give_up", h.name, reason, msg, level="error")
+            if r.on_give_up == "shutdown":
+                self.exit_code = EXIT_GAVE_UP
+                self.stop_requested = self.stop_requested or f"{h.name} gave up"
+            return
+        delay = decision.delay_s if decision else 0.0
+        if delay <= 0:
+            self.spawn(h)
+        else:
+            h.state, h.restart_at = "backoff", time.monotonic() + delay
+            log.info("%s restarts in %.2fs", h.name, delay)
+
+    # Watching -----------------------------------------------------------
+
+    def _sample(self, now: float) -> None:
+        wall = time.time()
+        leak = self.sup.leak
+        for h in self.handles.values():
+            if not h.alive or h.state == "stopping":
+                continue
+            rss = self.sampler.rss_mb(h.pid)
+            if rss is None:
+                continue
+            h.memory.add(now, rss)
+            h.timeline.append((wall, rss))
+            if rss > h.max_rss_mb:
+                log.warning("%s RSS %.1f MB over its limit %.0f MB", h.name, rss, h.max_rss_mb)
+                self.stop_actor(h, "memory", kill=True)
+            elif now >= h.next_leak_check:
+                h.next_leak_check = now + max(1.0, leak.window_s / 60)
+                rate = h.memory.leak_rate(leak.window_s)
+                if rate is not None and rate > leak.max_growth_mb_per_min:
+                    log.warning("%s RSS grows %.1f MB/min (limit %.1f): leak", h.name, rate,
+                                leak.max_growth_mb_per_min)
+                    self.stop_actor(h, "leak")
+
+    def _check_hangs(self, now: float) -> None:
+        for h in self.handles.values():
+            if h.alive and h.state in ("starting", "running") and \
+                    now - h.last_heartbeat > self.sup.heartbeat_timeout_s:
+                log.error("%s sent no heartbeat for %.1fs: hang", h.name, now - h.last_heartbeat)
+                self.stop_actor(h, "hang", kill=True)  # a stopped process ignores SIGTERM
+
+    def _start_due(self, now: float) -> None:
+        for h in self.handles.values():
+            if h.state == "backoff" and h.restart_at is not None and now >= h.restart_at \
+                    and not self.shutting_down:
+                self.spawn(h)
+
+    # Messages -----------------------------------------------------------
+
+    def _on_control(self) -> None:
+        for _ in range(1000):
+            try:
+                ident, frame = self.control_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            try:
+                msg = self.control_codec.decode(frame)
+            except ProtocolError as exc:
+                log.warning("dropped a bad control message: %s", exc)
+                continue
+            h = self.handles.get(ident.decode(errors="replace"))
+            if isinstance(msg, protocol.AdminEvent):
+                self.admin.event(msg.event, msg.actor, msg.reason, msg.message, level=msg.level,
+                                 at=msg.at)
+            elif h is not None and h.alive and msg.pid == h.pid:
+                h.last_heartbeat = time.monotonic()
+                h.stats = msg.stats
+                if h.state == "starting":
+                    h.state = "running"
+
+    def _on_cli(self) -> None:
+        for _ in range(100):
+            try:
+                frames = self.cli_sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                request = self.cli_codec.decode(frames[-1])
+                reply = control.execute(self, request.command, request.args)
+            except ProtocolError as exc:
+                reply = protocol.Reply(ok=False, error=f"bad request: {exc}")
+            self.cli_sock.send_multipart([*frames[:-1], protocol.encode(reply)])
+
+    def _ping_all(self) -> None:
+        frame = protocol.encode(protocol.Ping())
+        for h in self.handles.values():
+            if h.alive:
+                try:
+                    self.control_sock.send_multipart([h.name.encode(), frame], zmq.NOBLOCK)
+                except zmq.ZMQError:
+                    pass
+
+    # The loop -----------------------------------------------------------
+
+    def pump(self, timeout_s: float) -> None:
+        """One turn: wait for a message, a process exit or the timeout, and handle it."""
+        poller = zmq.Poller()
+        poller.register(self.control_sock, zmq.POLLIN)
+        poller.register(self.cli_sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        sentinels = {h.process.sentinel: h for h in self.handles.values() if h.alive}
+        for fd in sentinels:
+            poller.register(fd, zmq.POLLIN)
+        for sock, _ in poller.poll(max(0, int(timeout_s * 1000))):
+            if sock is self.control_sock:
+                self._on_control()
+            elif sock is self.cli_sock:
+                self._on_cli()
+            elif sock is self._wake_r:
+                try:
+                    self._wake_r.recv(256)
+                except BlockingIOError:
+                    pass
+            elif sock in sentinels:
+                self._on_exit(sentinels[sock])
+        now = time.monotonic()
+        if now >= self._next_ping:
+            self._ping_all()
+            self._next_ping = now + self.sup.heartbeat_interval_s
+            self.notifier.watchdog_tick(now)
+        if now >= self._next_sample:
+            self._sample(now)
+            self._next_sample = now + self.sup.memory_check_interval_s
+        self._check_hangs(now)
+        self._escalate_stops(now)
+        self._start_due(now)
+
+    def _next_timeout(self) -> float:
+        now = time.monotonic()
+        due = [self._next_ping, self._next_sample]
+        due += [h.restart_at for h in self.handles.values() if h.restart_at]
+        if any(h.stop_sent_at for h in self.handles.values() if h.alive):
+            due.append(now + 0.1)
+        return max(0.0, min(due) - now)
+
+    def run(self) -> int:
+        self._open()
+        self._next_ping = self._next_sample = time.monotonic()
+        try:
+            for kind in START_ORDER + ("test",):
+                for h in self.handles.values():
+                    if h.kind == kind:
+                        self.spawn(h)
+            self.notifier.notify("READY=1", f"STATUS=supervising {len(self.handles)} actors")
+            while not self.stop_requested:
+                self.pump(min(self._next_timeout(), 1.0))
+                if self.max_cycles is not None and self._fetchers_finished():
+                    self.stop_requested = f"{self.max_cycles} cycles done"
+            log.info("stopping: %s", self.stop_requested)
+            self.notifier.notify("STOPPING=1")
+            self.shutdown()
+        finally:
+            self._close()
+        return self.exit_code
+
+    def _fetchers_finished(self) -> bool:
+        fetchers = [h for h in self.handles.values() if h.kind == "fetcher"]
+        return all(h.stats.get("finished") for h in fetchers if h.state != "failed")
+
+    # Stopping -----------------------------------------------------------
+
+    def _wait(self, done, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self.pump(min(remaining, self._next_timeout(), 0.1))
+        return True
+
+    def stop_kinds(self, kinds: tuple[str, ...]) -> None:
+        self.stopping_kinds.update(kinds)
+        targets = [h for h in self.handles.values() if h.kind in kinds]
+        for h in targets:
+            if h.alive:
+                self.stop_actor(h, None)
+            elif h.state in ("backoff", "starting"):
+                h.state, h.restart_at = "stopped", None
+        # _escalate_stops (in pump) sends SIGTERM, then SIGKILL, so this wait is bounded.
+        self._wait(lambda: not any(h.alive for h in targets), 3 * self.sup.stop_timeout_s + 1)
+
+    def drain(self) -> int | None:
+        """Waits for the ledger to empty; returns how many items are still pending."""
+        dedupe = self.handles.get("dedupe-0")
+        if dedupe is None or not dedupe.alive:
+            return None
+        state: dict[str, Any] = {}
+
+        def drained() -> bool:
+            if state.get("token") != dedupe.stats.get("report_token"):
+                if time.monotonic() - state.get("asked", 0) > 0.2:
+                    ask()
+                return False
+            if dedupe.stats.get("pending", 1) == 0:
+                return True
+            ask()
+            return False
+
+        def ask() -> None:
+            self.report_token += 1
+            state["token"], state["asked"] = self.report_token, time.monotonic()
+            if dedupe.alive:
+                self.send_command(dedupe, "report", token=self.report_token)
+
+        ask()
+        if self._wait(drained, self.sup.drain_timeout_s):
+            return 0
+        remaining = dedupe.stats.get("pending")
+        log.warning("drain timed out after %.0fs with %s items pending (kept in the ledger)",
+                    self.sup.drain_timeout_s, remaining)
+        return remaining
+
+    def shutdown(self) -> None:
+        self.shutting_down = True
+        self.stop_kinds(("fetcher", "test"))
+        remaining = self.drain()
+        if remaining and self.max_cycles is not None and self.exit_code == EXIT_CLEAN:
+            self.exit_code = EXIT_DRAIN_INCOMPLETE
+        for kind in ("llm", "alert", "dedupe"):
+            self.stop_kinds((kind,))
+        self.save_history()
+
+    def history(self) -> dict[str, Any]:
+        return {"started": self.started_wall, "actors": {
+            h.name: {"kind": h.kind, "max_rss_mb": h.max_rss_mb,
+                     "timeline": list(h.timeline), "markers": list(h.markers),
+                     "stats": h.stats} for h in self.handles.values()},
+            "admin": self.admin.recent()}
+
+    def save_history(self) -> None:
+        path = self.config.path(self.config.data_dir) / HISTORY_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.history()))
+        os.replace(tmp, path)
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {"supervisor": {"pid": os.getpid(), "uptime_s": round(now - self.started, 3),
+                               "state": "stopping" if self.shutting_down else "running",
+                               "config": self.config.source},
+                "actors": [h.status(now) for h in self.handles.values()]}
+
+    def _close(self) -> None:
+        for h in self.handles.values():
+            if h.alive:  # only after an error above: never leave a child behind
+                h.process.kill()
+                h.process.join(5)
+        signal.set_wakeup_fd(-1)
+        if self.metrics_server:
+            self.metrics_server.shutdown()
+        self.admin.close()
+        self.zctx.destroy(linger=0)
+        self.lock.release()
+
+
+def run_supervisor(config, **kwargs) -> int:
+    try:
+        return Supervisor(config, **kwargs).run()
+    except StoreLockedError as exc:
+        log.error("%s", exc)
+        return 2

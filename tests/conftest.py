@@ -1,0 +1,235 @@
+"""Shared test parts: real supervisors started through the CLI, a scripted loopback
+wire, and waits on conditions with deadlines (never fixed sleeps)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from email.utils import format_datetime
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+import psutil
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
+             message: str = "condition") -> object:
+    """Polls condition until it returns something truthy, or fails at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+        time.sleep(interval)
+
+
+# A scripted wire -----------------------------------------------------------------
+
+
+def rss(items: list[dict]) -> bytes:
+    entries = "".join(
+        f"<item><title>{i['title']}</title><link>{i['link']}</link><guid>{i['link']}</guid>"
+        f"<description>{i.get('summary', '')}</description>"
+        f"<pubDate>{format_datetime(datetime.fromtimestamp(i.get('ts', time.time()), timezone.utc))}"
+        f"</pubDate></item>" for i in items)
+    return (f'<?xml version="1.0" encoding="UTF-8"?><rss version="2.0"><channel>'
+            f"<title>test wire</title><link>http://127.0.0.1/</link>"
+            f"<description>test</description>{entries}</channel></rss>").encode()
+
+
+class Wire:
+    """A loopback HTTP server whose paths serve whatever the test sets, thread-safely."""
+
+    def __init__(self):
+        self.routes: dict[str, Callable[[], tuple[int, dict, bytes]]] = {}
+        self.hits: dict[str, int] = {}
+        self.lock = threading.Lock()
+        wire = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = self.path.split("?")[0]
+                with wire.lock:
+                    wire.hits[path] = wire.hits.get(path, 0) + 1
+                    route = wire.routes.get(path)
+                status, headers, body = route() if route else (404, {}, b"not found")
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+        self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def serve_feed(self, path: str, items: Callable[[], list[dict]]) -> str:
+        self.routes[path] = lambda: (200, {"Content-Type": "application/rss+xml"}, rss(items()))
+        return self.base_url + path
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def wire():
+    w = Wire()
+    yield w
+    w.close()
+
+
+# Running the real thing -------------------------------------------------------------
+
+
+def base_config(workdir: Path, feeds: list[dict], **overrides) -> dict:
+    cfg = {
+        "run_dir": "run", "data_dir": "data", "log_dir": "log",
+        "poll_interval_s": 0.3,
+        "sec_user_agent": "Catalyst Tests tests@example.com",
+        "feeds": feeds,
+        "fetch": {"connect_timeout_s": 2, "read_timeout_s": 3},
+        "dedupe": {"lease_s": 3.0, "max_attempts": 50},
+        "alerts": {"min_score": 0.0,
+                   "sinks": [{"type": "jsonl", "path": "alerts.jsonl"}],
+                   "admin": {"type": "jsonl", "path": "admin.jsonl"},
+                   "charts": {"enabled": False}},
+        "supervisor": {"heartbeat_interval_s": 0.2, "heartbeat_timeout_s": 3.0,
+                       "memory_check_interval_s": 0.2, "stop_timeout_s": 3.0,
+                       "drain_timeout_s": 20.0, "metrics_port": 0,
+                       "restart": {"backoff_initial_s": 0.05, "backoff_max_s": 0.5,
+                                   "max_restarts": 20, "period_s": 60}},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict):
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+class Running:
+    """A `catalyst-supervisor start` process and what it writes."""
+
+    def __init__(self, workdir: Path, cfg: dict, args: list[str] = (), n: int = 0):
+        self.workdir = workdir
+        self.config_path = workdir / f"config-{n}.yaml"
+        self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        self.log_path = workdir / f"supervisor-{n}.log"
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "supervisor.cli", "start", "-c", str(self.config_path), *args],
+            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "supervisor.cli", *args, "-c",
+                               str(self.config_path)], cwd=ROOT, capture_output=True, text=True,
+                              timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+    def status(self) -> dict | None:
+        from supervisor.config import load_config
+        from supervisor.control import ControlError, request
+
+        try:
+            return request(load_config(self.config_path), "status", timeout_s=2.0)
+        except ControlError:
+            return None
+
+    def actor(self, name: str) -> dict | None:
+        status = self.status()
+        if status:
+            for a in status["actors"]:
+                if a["name"] == name:
+                    return a
+        return None
+
+    def all_running(self) -> bool:
+        status = self.status()
+        return bool(status) and all(a["state"] == "running" for a in status["actors"])
+
+    def alerts(self) -> list[dict]:
+        path = self.workdir / "alerts.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def admin_events(self) -> list[dict]:
+        path = self.workdir / "admin.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"supervisor still running after {timeout}s:\n"
+                                 + self.log_text()[-4000:]) from None
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            kids = self.descendants()
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+            for kid in kids:
+                try:
+                    kid.kill()
+                except psutil.Error:
+                    pass
+        self.log.close()
+
+
+@pytest.fixture
+def workdir():
+    # Short paths: ipc:// socket paths are limited to ~107 bytes.
+    with tempfile.TemporaryDirectory(prefix="cs-") as d:
+        yield Path(d)
+
+
+@pytest.fixture
+def run_supervisor(workdir):
+    started: list[Running] = []
+
+    def start(cfg: dict, *args: str) -> Running:
+        r = Running(workdir, cfg, list(args), n=len(started))
+        started.append(r)
+        return r
+
+    yield start
+    for r in started:
+        r.close()

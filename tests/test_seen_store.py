@@ -1,0 +1,173 @@
+"""The SeenStore: one owner, atomic batched claims, a ledger that survives crashes."""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from actors import protocol
+from actors.errors import StoreLockedError
+from actors.protocol import Item
+from actors.seen_store import SqliteSeenStore, key_hash
+from supervisor.config import SqliteConfig, load_config
+from tests.conftest import base_config, wait_for
+
+CLIENT_PROCESSES = 4
+THREADS_PER_CLIENT = 3
+KEYS = 3000
+
+
+def item(key: str, **kw) -> Item:
+    return Item(key=key, title=f"title {key}", link=f"https://x.example/{key}", source="t",
+                kind="pr", **kw)
+
+
+def open_store(path: Path, **kw) -> SqliteSeenStore:
+    args = dict(sqlite_cfg=SqliteConfig(), lease_s=60, max_attempts=3, ttl_s=3600)
+    args.update(kw)
+    return SqliteSeenStore(path, **args)
+
+
+def claim_client(endpoint: str, seed: int, out) -> None:
+    """One client process: several threads claim overlapping batches over ZeroMQ."""
+    import random
+
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        rng = random.Random(seed * 100 + n)
+        ctx = zmq.Context.instance()
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.RCVTIMEO, 10_000)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(endpoint)
+        codec = protocol.Codec(protocol.Claimed)
+        keys = [f"key-{i:06d}" for i in range(KEYS)]
+        rng.shuffle(keys)
+        for start in range(0, KEYS, 250):
+            batch = [item(k) for k in keys[start:start + 250]]
+            sock.send(protocol.encode(protocol.Claim(req_id=start + 1, items=batch)))
+            reply = codec.decode(sock.recv())
+            assert reply.req_id == start + 1
+            with lock:
+                results.extend(reply.new)
+        sock.close()
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(THREADS_PER_CLIENT)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    out.put(results)
+
+
+def test_concurrent_claims_from_many_processes_and_threads_mark_each_key_once(
+        run_supervisor, workdir):
+    cfg = base_config(workdir, [], actors={"fetcher": {"instances": 0}})
+    running = run_supervisor(cfg)
+    wait_for(running.all_running, 30, message="actors running")
+    endpoint = load_config(running.config_path).endpoint("dedupe_rpc")
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    clients = [ctx.Process(target=claim_client, args=(endpoint, seed, out))
+               for seed in range(CLIENT_PROCESSES)]
+    for c in clients:
+        c.start()
+    new_keys: list[str] = []
+    for _ in clients:
+        new_keys.extend(out.get(timeout=120))
+    for c in clients:
+        c.join(30)
+        assert c.exitcode == 0
+    counts = collections.Counter(new_keys)
+    assert len(counts) == KEYS, "a key was lost"
+    assert max(counts.values()) == 1, "a key was claimed as new twice"
+    # Every claimed key flows on and is alerted once.
+    wait_for(lambda: len(running.alerts()) >= KEYS, 60, message="all claimed keys alerted")
+    assert running.cli("stop").returncode == 0
+    assert running.wait_exit(60) == 0
+    alerted = collections.Counter(a["key"] for a in running.alerts())
+    assert len(alerted) == KEYS and max(alerted.values()) == 1
+    db = sqlite3.connect(workdir / "data" / "seen.db")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_second_owner_of_the_store_is_refused(tmp_path):
+    store = open_store(tmp_path / "seen.db")
+    with pytest.raises(StoreLockedError, match="locked by another process"):
+        open_store(tmp_path / "seen.db")
+    store.close()
+    open_store(tmp_path / "seen.db").close()  # the lock goes with its owner
+
+
+def test_claim_reports_only_new_keys_and_signatures_catch_cross_wire_copies(tmp_path):
+    store = open_store(tmp_path / "seen.db")
+    first = store.claim([item("a"), item("b"), item("a")])
+    assert [i.key for i in first] == ["a", "b"]
+    assert store.claim([item("a"), item("b")]) == []
+    copies = store.claim([item("c", signature="ACME|acme wins"),
+                          item("d", signature="ACME|acme wins")])
+    assert [i.key for i in copies] == ["c"]
+    assert store.claim([item("e", signature="ACME|acme wins")]) == []
+    assert store.pending_count() == 3
+
+
+def test_hash_collisions_probe_to_a_free_slot(tmp_path):
+    store = open_store(tmp_path / "seen.db")
+    # Occupy the slot of "victim" with another key, as a 64-bit collision would.
+    store.db.execute("INSERT INTO seen VALUES (?, 'squatter', 0, 0, NULL, ?, NULL)",
+                     (key_hash("victim"), time.time()))
+    assert [i.key for i in store.claim([item("victim")])] == ["victim"]
+    assert store.claim([item("victim")]) == []
+    assert store.finish(["victim"], "delivered") == 1
+
+
+def test_expired_leases_are_resent_then_dead_lettered(tmp_path):
+    store = open_store(tmp_path / "seen.db", lease_s=10, max_attempts=2)
+    store.claim([item("a"), item("b")], now=1000.0)
+    store.finish(["b"], "delivered")
+    due = store.due(now=1011.0)
+    assert [(r.item.key, r.attempt) for r in due.resend] == [("a", 2)]
+    due = store.due(now=1022.0)
+    assert due.resend == [] and [i.key for i in due.dead] == ["a"]
+    assert store.pending_count() == 0
+    assert store.counts()["dead"] == 1
+
+
+def test_pending_items_survive_a_restart_of_the_store(tmp_path):
+    store = open_store(tmp_path / "seen.db")
+    store.claim([item("a"), item("b")])
+    store.close()
+    store = open_store(tmp_path / "seen.db")
+    assert store.expire_all_leases() == 2
+    assert sorted(r.item.key for r in store.due().resend) == ["a", "b"]
+
+
+def test_ttl_purge_forgets_finished_keys_but_never_pending_ones(tmp_path):
+    store = open_store(tmp_path / "seen.db", ttl_s=100)
+    store.claim([item("old-done"), item("old-pending")], now=1000.0)
+    store.finish(["old-done"], "delivered")
+    assert store.purge(now=1200.0) == 1
+    assert [i.key for i in store.claim([item("old-done")], now=1200.0)] == ["old-done"]
+    assert store.claim([item("old-pending")], now=1200.0) == []
+
+
+def test_a_corrupt_store_is_moved_aside_and_replaced(tmp_path):
+    path = tmp_path / "seen.db"
+    path.write_bytes(b"this is not a database" * 100)
+    events = []
+    store = open_store(path, on_corrupt=events.append)
+    assert [i.key for i in store.claim([item("a")])] == ["a"]
+    assert store.integrity_check() == "ok"
+    aside = list(tmp_path.glob("seen.db.corrupt-*"))
+    assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+    assert events and "corrupt" in events[0]
