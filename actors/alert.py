@@ -36,14 +36,13 @@ class ChartMaker:
     """Renders charts on one worker thread, off the text alert's path."""
 
     def __init__(self, config):
-        from actors.prices import CachedPrices, HttpReplayProvider
+        from actors.prices import price_provider_from_config
 
         c = config.alerts.charts
         self.dir = config.path(c.dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.keep_s = c.keep_days * 86400.0
-        self.prices = CachedPrices(HttpReplayProvider(c.price_url), maxsize=c.cache_size,
-                                   ttl=c.cache_ttl_s)
+        self.prices = price_provider_from_config(c)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="chart")
 
     def submit(self, item: protocol.Item, tickers: list[str]) -> Future | None:
@@ -78,6 +77,7 @@ class ChartMaker:
 
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.prices.close()
 
 
 def alert_record(msg: protocol.Classified, chart: str | None) -> dict:

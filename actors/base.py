@@ -86,6 +86,7 @@ class Actor:
         self.outboxes: list[Outbox] = []
         self.counters: collections.Counter[str] = collections.Counter()
         self.stopping = False
+        self.terminated = False  # SIGTERM: stop now; the ledger sends in-flight items again
         self.started = time.monotonic()
         sup = self.config.supervisor
         self.heartbeat_interval = sup.heartbeat_interval_s
@@ -178,6 +179,9 @@ class Actor:
     def request_stop(self) -> None:
         self.stopping = True
 
+    def _on_sigterm(self, *_) -> None:
+        self.stopping = self.terminated = True
+
     # The loop ----------------------------------------------------------
 
     def heartbeat(self, token: int = 0) -> None:
@@ -220,7 +224,7 @@ class Actor:
     def run(self) -> int:
         self.add_reader(self._wake_r.fileno(), self._on_signal_wake)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
-        signal.signal(signal.SIGTERM, lambda *_: self.request_stop())
+        signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             self.setup()
         except StoreLockedError as exc:
@@ -260,6 +264,9 @@ class Actor:
                 if self._supervisor_gone(now):
                     log.error("%s: supervisor gone, exiting", self.name)
                     return EXIT_ORPHANED
+            if self.terminated:
+                log.warning("%s: terminated with work in flight", self.name)
+                return EXIT_OK
             if self.stopping and self.idle():
                 self.heartbeat()
                 log.info("%s: stopped cleanly", self.name)

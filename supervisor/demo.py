@@ -20,15 +20,15 @@ def demo_config(server: DemoFeedServer) -> dict:
         "poll_interval_s": 1.0,
         "sec_user_agent": "Catalyst Supervisor demo demo@example.com",
         "feeds": server.feeds(),
-        "fetch": {"company_tickers_url": server.base_url + "/company_tickers.json",
+        "fetch": {"company_tickers_url": server.company_tickers_url,
                   "connect_timeout_s": 2.0, "read_timeout_s": 5.0},
         "dedupe": {"lease_s": 10.0},
         "alerts": {
-            "min_score": 0.4,
+            "min_score": 0.5,
             "sinks": [{"type": "console"}, {"type": "jsonl", "path": "alerts.jsonl"}],
             "admin": {"type": "jsonl", "path": "admin.jsonl"},
             "charts": {"enabled": True, "dir": "charts", "price_url": server.price_url,
-                       "max_wait_s": 2.0},
+                       "max_wait_s": 8.0},
         },
         "supervisor": {"heartbeat_interval_s": 0.25, "heartbeat_timeout_s": 5.0,
                        "stop_timeout_s": 5.0, "drain_timeout_s": 20.0, "metrics_port": 0},
@@ -38,10 +38,10 @@ def demo_config(server: DemoFeedServer) -> dict:
 def _summary(out: Path) -> str:
     history = json.loads((out / "data" / HISTORY_FILE).read_text())
     totals: dict[str, int] = {}
+    counted = {"fetcher": ("fetched",), "dedupe": ("new", "duplicates"), "alert": ("filtered",)}
     for actor in history["actors"].values():
-        for key, value in actor.get("stats", {}).items():
-            if isinstance(value, int) and not isinstance(value, bool):
-                totals[key] = totals.get(key, 0) + value
+        for key in counted.get(actor["kind"], ()):
+            totals[key] = totals.get(key, 0) + int(actor.get("stats", {}).get(key, 0))
     alerts = out / "alerts.jsonl"
     lines = alerts.read_text().splitlines() if alerts.exists() else []
     charts = sum(1 for line in lines if json.loads(line).get("chart"))
