@@ -40,7 +40,7 @@ POOL_HOSTS = 64
 # a second, and after the "Request Rate Threshold Exceeded" page SEC asks clients to stay
 # away for about ten minutes.
 EDGAR_BACKOFF_S = 600.0
-# Longest a request waits for its EDGAR turn before the fetch counts as failed.
+# Longest a request waits for its EDGAR turn; past it the feed is skipped this cycle.
 EDGAR_MAX_WAIT_S = 60.0
 EDGAR_RATE_PAGE_MARKER = b"request rate threshold exceeded"
 

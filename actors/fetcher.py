@@ -18,9 +18,25 @@ from actors.feeds import FeedFetcher, OutageDetector
 
 log = logging.getLogger("catalyst.fetcher")
 
-CLAIM_BATCH = 500  # items per Claim message
+CLAIM_BATCH = 500  # items per Claim message at most
+CLAIM_MAX_BYTES = protocol.MAX_MESSAGE_BYTES // 2  # and at most this encoded
 CLAIM_RETRY_S = 2.0  # a claim unanswered this long is sent again
 BUSY_POLL_S = 0.05  # how often a running fetch is checked on
+
+
+def claim_batches(items: list[protocol.Item]):
+    """Batches under both the item count and the message size limits."""
+    batch: list[protocol.Item] = []
+    size = 0
+    for item in items:
+        item_size = len(item.title) + len(item.summary) * 4 + len(item.link) + 256
+        if batch and (len(batch) >= CLAIM_BATCH or size + item_size > CLAIM_MAX_BYTES):
+            yield batch
+            batch, size = [], 0
+        batch.append(item)
+        size += item_size
+    if batch:
+        yield batch
 
 
 class FetcherActor(Actor):
@@ -65,15 +81,16 @@ class FetcherActor(Actor):
         items = [item for r in results for item in r.items]
         self.counters["fetched"] += len(items)
         self.counters["feed_errors"] += sum(r.status == "error" for r in results)
-        event = self.outage.observe(len(items))
+        # A 304 is a feed saying "nothing new", alive and well: not a sign of an outage.
+        event = self.outage.observe(len(items) + sum(r.status == "not_modified" for r in results))
         if event == "outage":
             self.admin("outage", f"no items from any feed for {self.outage.cycles} cycles",
                        reason="no_items", level="error")
         elif event == "recovered":
             self.admin("outage_recovered", "feeds are returning items again",
                        reason="items_back", level="info")
-        for i in range(0, len(items), CLAIM_BATCH):
-            claim = protocol.Claim(req_id=self.next_req_id, items=items[i:i + CLAIM_BATCH])
+        for batch in claim_batches(items):
+            claim = protocol.Claim(req_id=self.next_req_id, items=batch)
             self.unconfirmed[self.next_req_id] = (protocol.encode(claim), 0.0)
             self.next_req_id += 1
         self._send_claims(now)

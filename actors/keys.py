@@ -20,9 +20,9 @@ DISAMBIGUATION_HASH_CHARS = 8
 TRACKING_PARAMS = frozenset({
     "fbclid", "gclid", "dclid", "gbraid", "wbraid", "msclkid", "yclid", "igshid",
     "mc_cid", "mc_eid", "ref", "ref_src", "referrer", "feedref", "_hsenc", "_hsmi",
-    "mkt_tok", "spm", "tc",
+    "mkt_tok",
 })
-TRACKING_PREFIXES = ("utm_", "pk_", "at_")
+TRACKING_PREFIXES = ("utm_", "pk_")
 # "source=rss" and the like mark the feed a link came from; "source=123" on some
 # site could be content, so these names are dropped only with a feed-ish value.
 FEED_MARKER_PARAMS = frozenset({"source", "src", "from", "cmpid", "feed", "channel", "origin"})

@@ -43,7 +43,8 @@ class FetchConfig:
     connect_timeout_s: float = setting(5.0, gt=0)
     read_timeout_s: float = setting(10.0, gt=0)
     max_bytes: int = setting(5_000_000, ge=1024)
-    max_workers: int = setting(16, ge=1, le=256)
+    request_deadline_s: float = setting(25.0, gt=0)  # whole request, so a trickle is cut off
+    max_workers: int = setting(64, ge=1, le=256)
     freshness_pr_s: float = setting(86400.0, gt=0)   # older items are dropped
     freshness_sec_s: float = setting(3 * 86400.0, gt=0)
     edgar_max_rps: float = setting(10.0, gt=0, le=10)  # shared by all fetcher instances
@@ -254,6 +255,12 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
         if value not in allowed:
             raise ConfigError(path, f"{value!r} is not {_describe(tp)}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
+        key_type, inner = typing.get_args(tp)
+        return {_convert(key_type, k, f"{path}.{k}"): _convert(inner, v, f"{path}.{k}")
+                for k, v in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(path, f"expected a list, got {type(value).__name__}")

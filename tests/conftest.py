@@ -131,16 +131,20 @@ def base_config(workdir: Path, feeds: list[dict], **overrides) -> dict:
 class Running:
     """A `catalyst-supervisor start` process and what it writes."""
 
-    def __init__(self, workdir: Path, cfg: dict, args: list[str] = (), n: int = 0):
+    def __init__(self, workdir: Path, cfg: dict, args: list[str] = (), n: int = 0,
+                 extra_actors: list[dict] | None = None, env: dict | None = None):
         self.workdir = workdir
         self.config_path = workdir / f"config-{n}.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.log_path = workdir / f"supervisor-{n}.log"
         self.log = open(self.log_path, "wb")
+        if extra_actors is None:
+            command = ["-m", "supervisor.cli", "start", "-c", str(self.config_path), *args]
+        else:  # the real supervisor, with misbehaving test actors beside the real ones
+            command = ["-m", "tests.supervise", str(self.config_path), json.dumps(extra_actors)]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "supervisor.cli", "start", "-c", str(self.config_path), *args],
-            cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT)})
+            [sys.executable, *command], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
 
     def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "supervisor.cli", *args, "-c",
@@ -225,8 +229,9 @@ def workdir():
 def run_supervisor(workdir):
     started: list[Running] = []
 
-    def start(cfg: dict, *args: str) -> Running:
-        r = Running(workdir, cfg, list(args), n=len(started))
+    def start(cfg: dict, *args: str, extra_actors: list[dict] | None = None,
+              env: dict | None = None) -> Running:
+        r = Running(workdir, cfg, list(args), n=len(started), extra_actors=extra_actors, env=env)
         started.append(r)
         return r
 
