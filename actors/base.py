@@ -238,18 +238,27 @@ class Actor:
             self.teardown()
             self.ctx.destroy(linger=LINGER_MS)
 
+    def _poller_for(self, paused: bool) -> zmq.Poller:
+        """The poller for this turn; rebuilt only when what to wait for changes."""
+        writers = tuple(box.sock for box in self.outboxes if box.frames)
+        shape = (paused, writers, len(self.readers))
+        if shape != getattr(self, "_poller_shape", None):
+            always = (self.control, self._wake_r.fileno())
+            poller = zmq.Poller()
+            for sock in {*self.readers, *writers}:
+                flags = zmq.POLLOUT if sock in writers else 0
+                if sock in self.readers and (not paused or sock in always):
+                    flags |= zmq.POLLIN
+                if flags:
+                    poller.register(sock, flags)
+            self._poller, self._poller_shape = poller, shape
+        return self._poller
+
     def _loop(self, next_heartbeat: float) -> int:
         while True:
             now = time.monotonic()
             deadline = min(next_heartbeat, self.next_deadline(now))
-            poller = zmq.Poller()
-            paused = self.input_paused()
-            for sock in self.readers:
-                if not (paused and sock not in (self.control, self._wake_r.fileno())):
-                    poller.register(sock, zmq.POLLIN)
-            for box in self.outboxes:
-                if box.frames:
-                    poller.register(box.sock, zmq.POLLOUT)
+            poller = self._poller_for(self.input_paused())
             timeout_ms = max(0, int((deadline - now) * 1000) + 1)
             for sock, event in poller.poll(timeout_ms):
                 if event & zmq.POLLIN:

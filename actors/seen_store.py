@@ -1,12 +1,17 @@
-"""SeenStore: seen keys and the delivery ledger in one SQLite table, owned by one process.
+"""SeenStore: seen keys and the delivery ledger, in one SQLite file owned by one process.
 
-One row per key, keyed by a 64-bit hash of it (the full key is kept and compared, and a
-collision probes the next slot). The table layout is the dedupe throughput: an integer
-rowid key is ~4x faster to claim into than text-keyed tables (DESIGN section 9).
+Keys are found through a 64-bit hash of the item key (the full key is kept and compared;
+a collision probes the next slot), in a narrow UNIQUE index, while the rows themselves are
+appended in arrival order. A new key then costs one small index entry on a random page
+plus an append, instead of a wide row on a random page: measured here 141k claims/s raw
+against 59k for rows keyed by the hash itself, and ~37k for text keys (DESIGN section 9).
 
-A row is one of: a seen-only mark (a duplicate, or a cross-wire signature), a pending
-delivery with a lease, or a finished delivery (delivered, filtered, dead). Pending rows
-keep the item so it can be sent again after a crash (Titanic).
+Two tables, split by temperature. ``pending`` is the ledger of items in flight: small and
+hot, so a claim of new items writes to a few pages that stay cached. ``seen`` holds every
+finished key (delivered, filtered, a cross-wire copy) and grows to the TTL; an insert into
+it lands on a random page, so rows move there when acknowledged, in batches. A key is seen
+when it is in either table. Pending rows keep the item, so it is sent again after any crash
+(Titanic); dead letters stay in ``pending`` with their item until the TTL.
 """
 
 from __future__ import annotations
@@ -35,18 +40,28 @@ OUTCOMES = {"delivered": DELIVERED, "filtered": FILTERED}
 UNSENT_RETRY_S = 1.0  # an item the next stage could not take yet is tried again this soon
 MAX_PROBES = 16
 SQL_CHUNK = 900  # host parameters per IN (...) list
+# Fewer, larger checkpoints: a page rewritten by many commits is copied back once.
+WAL_AUTOCHECKPOINT_PAGES = 10_000
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS seen (
-    h INTEGER PRIMARY KEY,
+    seq INTEGER PRIMARY KEY,
+    h INTEGER NOT NULL UNIQUE,
     key TEXT NOT NULL,
     state INTEGER NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
+    seen_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS pending (
+    seq INTEGER PRIMARY KEY,
+    h INTEGER NOT NULL UNIQUE,
+    key TEXT NOT NULL,
+    state INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
     lease_until REAL,
     seen_at REAL NOT NULL,
-    payload BLOB
+    payload BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS seen_pending ON seen(lease_until) WHERE state = 1;
+CREATE INDEX IF NOT EXISTS pending_lease ON pending(lease_until) WHERE state = 1;
 """
 
 _item_encoder = msgspec.msgpack.Encoder()
@@ -122,6 +137,7 @@ class SqliteSeenStore:
         db.execute(f"PRAGMA cache_size={int(cfg.cache_size)}")
         db.execute(f"PRAGMA temp_store={cfg.temp_store}")
         db.execute(f"PRAGMA mmap_size={int(cfg.mmap_size)}")
+        db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
         db.executescript(SCHEMA)
         return db
 
@@ -158,19 +174,20 @@ class SqliteSeenStore:
         for i in range(0, len(hashes), SQL_CHUNK):
             chunk = hashes[i:i + SQL_CHUNK]
             marks = ",".join("?" * len(chunk))
-            found.update(self.db.execute(f"SELECT h, key FROM seen WHERE h IN ({marks})", chunk))
+            found.update(self.db.execute(
+                f"SELECT h, key FROM seen WHERE h IN ({marks}) "
+                f"UNION ALL SELECT h, key FROM pending WHERE h IN ({marks})", chunk + chunk))
         return found
 
-    def _slot(self, key: str, found: dict[int, str], taken: dict[int, str]) -> tuple[int, bool]:
+    def _slot(self, key: str, found: dict[int, str], taken: dict[int, str],
+              h: int | None = None) -> tuple[int, bool]:
         """(slot, already_seen) for key, probing past collisions with other keys."""
         for probe in range(MAX_PROBES):
-            h = key_hash(key, probe)
+            if probe or h is None:
+                h = key_hash(key, probe)
             other = taken.get(h)
             if other is None:
-                other = found.get(h)
-                if other is None and probe:
-                    row = self.db.execute("SELECT key FROM seen WHERE h = ?", (h,)).fetchone()
-                    other = row[0] if row else None
+                other = found.get(h) if not probe else self._lookup([h]).get(h)
             if other is None:
                 return h, False
             if other == key:
@@ -185,29 +202,34 @@ class SqliteSeenStore:
         now = time.time() if now is None else now
         items = list(items)
         sig_keys = ["sig:" + it.signature if it.signature else None for it in items]
-        probe0 = [key_hash(it.key) for it in items] + [key_hash(s) for s in sig_keys if s]
+        hashes = [key_hash(it.key) for it in items]
         new: list[Item] = []
-        rows = []
+        pending_rows, seen_rows = [], []
         lease_until = now + self.lease_s
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            found = self._lookup(probe0)
+            found = self._lookup(hashes + [key_hash(s) for s in sig_keys if s])
             taken: dict[int, str] = {}
-            for item, sig in zip(items, sig_keys):
-                h, seen = self._slot(item.key, found, taken)
+            for item, sig, h0 in zip(items, sig_keys, hashes):
+                h, seen = self._slot(item.key, found, taken, h0)
                 if seen:
                     continue
                 taken[h] = item.key
                 if sig:
                     hs, sig_seen = self._slot(sig, found, taken)
                     if sig_seen:  # a copy of a release already seen on another wire
-                        rows.append((h, item.key, SEEN, 0, None, now, None))
+                        seen_rows.append((h, item.key, SEEN, now))
                         continue
                     taken[hs] = sig
-                    rows.append((hs, sig, SEEN, 0, None, now, None))
-                rows.append((h, item.key, PENDING, 1, lease_until, now, _item_encoder.encode(item)))
+                    seen_rows.append((hs, sig, SEEN, now))
+                pending_rows.append((h, item.key, PENDING, 1, lease_until, now,
+                                     _item_encoder.encode(item)))
                 new.append(item)
-            self.db.executemany("INSERT INTO seen VALUES (?,?,?,?,?,?,?)", rows)
+            self.db.executemany(
+                "INSERT INTO pending (h, key, state, attempts, lease_until, seen_at, payload) "
+                "VALUES (?,?,?,?,?,?,?)", pending_rows)
+            self.db.executemany("INSERT INTO seen (h, key, state, seen_at) VALUES (?,?,?,?)",
+                                seen_rows)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -217,6 +239,7 @@ class SqliteSeenStore:
     # The ledger ----------------------------------------------------------
 
     def _slots_of(self, keys: list[str]) -> list[int]:
+        """Slots of the keys that were claimed before (in either table)."""
         found = self._lookup([key_hash(k) for k in keys])
         slots = []
         for key in keys:
@@ -225,27 +248,31 @@ class SqliteSeenStore:
                 slots.append(h)
         return slots
 
-    def finish(self, keys: list[str], outcome: str) -> int:
-        """Marks pending keys delivered or filtered; returns how many were pending."""
+    def finish(self, keys: list[str], outcome: str, now: float | None = None) -> int:
+        """Moves pending keys to seen as delivered or filtered; returns how many were pending."""
+        now = time.time() if now is None else now
         state = OUTCOMES[outcome]
         self.db.execute("BEGIN IMMEDIATE")
         try:
-            slots = self._slots_of(keys)
-            cur = self.db.executemany(
-                "UPDATE seen SET state = ?, payload = NULL, lease_until = NULL "
-                "WHERE h = ? AND state = 1", [(state, h) for h in slots])
+            slots = [(h,) for h in self._slots_of(keys)]
+            self.db.executemany(
+                "INSERT OR IGNORE INTO seen (h, key, state, seen_at) SELECT h, key, ?, seen_at FROM pending "
+                "WHERE h = ? AND state = 1", [(state, h) for (h,) in slots])
+            before = self.db.total_changes
+            self.db.executemany("DELETE FROM pending WHERE h = ? AND state = 1", slots)
+            finished = self.db.total_changes - before
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
-        return cur.rowcount
+        return finished
 
     def unsent(self, keys: list[str], now: float | None = None) -> None:
         """The next stage did not take these: try again soon, without counting an attempt."""
         now = time.time() if now is None else now
         with self.db:
             self.db.executemany(
-                "UPDATE seen SET attempts = max(attempts - 1, 0), lease_until = ? "
+                "UPDATE pending SET attempts = max(attempts - 1, 0), lease_until = ? "
                 "WHERE h = ? AND state = 1",
                 [(now + UNSENT_RETRY_S, h) for h in self._slots_of(keys)])
 
@@ -256,20 +283,22 @@ class SqliteSeenStore:
         self.db.execute("BEGIN IMMEDIATE")
         try:
             rows = self.db.execute(
-                "SELECT h, attempts, payload FROM seen WHERE state = 1 AND lease_until <= ? "
+                "SELECT h, attempts, payload FROM pending WHERE state = 1 AND lease_until <= ? "
                 "ORDER BY lease_until LIMIT ?", (now, limit)).fetchall()
             for h, attempts, payload in rows:
                 item = _item_decoder.decode(payload)
                 if attempts >= self.max_attempts:
                     dead.append(item)
-                    deaths.append((h,))
+                    deaths.append((now, h))
                 else:
                     resend.append(Redelivery(item, attempts + 1))
                     updates.append((now + self.lease_s, h))
             self.db.executemany(
-                "UPDATE seen SET attempts = attempts + 1, lease_until = ? WHERE h = ?", updates)
-            self.db.executemany("UPDATE seen SET state = 4, lease_until = NULL WHERE h = ?",
-                                deaths)
+                "UPDATE pending SET attempts = attempts + 1, lease_until = ? WHERE h = ?", updates)
+            # A dead letter keeps its item for inspection; seen_at restarts its TTL.
+            self.db.executemany(
+                "UPDATE pending SET state = 4, lease_until = NULL, seen_at = ? WHERE h = ?",
+                deaths)
             self.db.execute("COMMIT")
         except BaseException:
             self.db.execute("ROLLBACK")
@@ -279,25 +308,24 @@ class SqliteSeenStore:
     def expire_all_leases(self) -> int:
         """At start: every pending item is due now, so it is sent again at once."""
         with self.db:
-            return self.db.execute("UPDATE seen SET lease_until = 0 WHERE state = 1").rowcount
-
-    def next_lease_expiry(self) -> float | None:
-        row = self.db.execute("SELECT min(lease_until) FROM seen WHERE state = 1").fetchone()
-        return row[0]
+            return self.db.execute("UPDATE pending SET lease_until = 0 WHERE state = 1").rowcount
 
     def pending_count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM seen WHERE state = 1").fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM pending WHERE state = 1").fetchone()[0]
 
     def counts(self) -> dict[str, int]:
-        rows = self.db.execute("SELECT state, count(*) FROM seen GROUP BY state").fetchall()
+        rows = self.db.execute("SELECT state, count(*) FROM seen GROUP BY state "
+                               "UNION ALL SELECT state, count(*) FROM pending GROUP BY state")
         return {STATE_NAMES[s]: n for s, n in rows}
 
     def purge(self, now: float | None = None) -> int:
-        """Forgets finished rows older than the TTL; pending rows are never purged."""
-        now = time.time() if now is None else now
+        """Forgets finished keys and dead letters older than the TTL; never pending ones."""
+        cutoff = (time.time() if now is None else now) - self.ttl_s
         with self.db:
-            return self.db.execute("DELETE FROM seen WHERE state != 1 AND seen_at < ?",
-                                   (now - self.ttl_s,)).rowcount
+            purged = self.db.execute("DELETE FROM seen WHERE seen_at < ?", (cutoff,)).rowcount
+            purged += self.db.execute("DELETE FROM pending WHERE state = 4 AND seen_at < ?",
+                                      (cutoff,)).rowcount
+        return purged
 
     def integrity_check(self) -> str:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0]

@@ -124,7 +124,7 @@ def test_claim_reports_only_new_keys_and_signatures_catch_cross_wire_copies(tmp_
 def test_hash_collisions_probe_to_a_free_slot(tmp_path):
     store = open_store(tmp_path / "seen.db")
     # Occupy the slot of "victim" with another key, as a 64-bit collision would.
-    store.db.execute("INSERT INTO seen VALUES (?, 'squatter', 0, 0, NULL, ?, NULL)",
+    store.db.execute("INSERT INTO seen (h, key, state, seen_at) VALUES (?, 'squatter', 0, ?)",
                      (key_hash("victim"), time.time()))
     assert [i.key for i in store.claim([item("victim")])] == ["victim"]
     assert store.claim([item("victim")]) == []
