@@ -19,6 +19,7 @@ import json
 import math
 import random
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -233,8 +234,17 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # the demo's console belongs to the alerts
 
 
-class _DemoHTTPServer(ThreadingHTTPServer):
+class QuietHTTPServer(ThreadingHTTPServer):
+    """A loopback server for which a client hanging up mid-request is not an error."""
+
     daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            super().handle_error(request, client_address)
+
+
+class _DemoHTTPServer(QuietHTTPServer):
 
     def __init__(self, address: tuple[str, int], owner: DemoFeedServer):
         self.owner = owner

@@ -12,13 +12,15 @@ import threading
 import time
 from email.utils import format_datetime
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Callable
 
 import psutil
 import pytest
 import yaml
+
+from supervisor.demo_server import QuietHTTPServer
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,8 +78,7 @@ class Wire:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
