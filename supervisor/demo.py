@@ -11,6 +11,7 @@ import yaml
 from actors.logsetup import setup_logging
 from supervisor.config import load_config
 from supervisor.demo_server import DemoFeedServer
+from supervisor.report import item_totals
 from supervisor.supervisor import HISTORY_FILE, run_supervisor
 
 
@@ -36,12 +37,7 @@ def demo_config(server: DemoFeedServer) -> dict:
 
 
 def _summary(out: Path) -> str:
-    history = json.loads((out / "data" / HISTORY_FILE).read_text())
-    totals: dict[str, int] = {}
-    counted = {"fetcher": ("fetched",), "dedupe": ("new", "duplicates"), "alert": ("filtered",)}
-    for actor in history["actors"].values():
-        for key in counted.get(actor["kind"], ()):
-            totals[key] = totals.get(key, 0) + int(actor.get("stats", {}).get(key, 0))
+    totals = item_totals(json.loads((out / "data" / HISTORY_FILE).read_text()))
     alerts = out / "alerts.jsonl"
     lines = alerts.read_text().splitlines() if alerts.exists() else []
     charts = sum(1 for line in lines if json.loads(line).get("chart"))

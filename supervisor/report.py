@@ -8,17 +8,34 @@ from pathlib import Path
 from typing import Any
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.dates import DateFormatter
 from matplotlib.figure import Figure
 
 REASON_COLOURS = {"exit": "tab:red", "hang": "tab:purple", "memory": "tab:orange",
                   "leak": "tab:brown", "manual": "tab:gray"}
 
 
+# Which actor kind's count is the truth for each number (dedupe also counts acks).
+COUNTED_BY = {"fetched": "fetcher", "new": "dedupe", "duplicates": "dedupe",
+              "delivered": "alert", "filtered": "alert", "charts": "alert", "dead": "dedupe"}
+
+
+def item_totals(history: dict[str, Any]) -> dict[str, int]:
+    """Item counts summed over the actors that own each count."""
+    totals = dict.fromkeys(COUNTED_BY, 0)
+    for actor in history.get("actors", {}).values():
+        for key, kind in COUNTED_BY.items():
+            value = actor.get("stats", {}).get(key)
+            if actor.get("kind") == kind and isinstance(value, (int, float)):
+                totals[key] += int(value)
+    return totals
+
+
 def render_report(history: dict[str, Any], path: str | Path) -> Path:
     actors = history.get("actors", {})
-    fig = Figure(figsize=(11, 3.2 * max(1, len(actors)) / 2 + 3.5), dpi=100)
+    fig = Figure(figsize=(11, 7.5), dpi=100)
     FigureCanvasAgg(fig)
-    grid = fig.add_gridspec(2, 2, height_ratios=[3, 1.3])
+    grid = fig.add_gridspec(2, 2, height_ratios=[3, 1.4])
     ax = fig.add_subplot(grid[0, :])
     for name, a in actors.items():
         if not a["timeline"]:
@@ -33,23 +50,23 @@ def render_report(history: dict[str, Any], path: str | Path) -> Path:
                         rotation=90, fontsize=7, va="top", ha="right")
     ax.set_title("Actor RSS (MB); dotted: each actor's limit; vertical: restarts by reason")
     ax.set_ylabel("RSS MB")
+    ax.xaxis.set_major_formatter(DateFormatter("%H:%M:%S"))
     ax.legend(loc="upper left", fontsize=8, ncols=4)
     ax.grid(alpha=0.3)
     alerts = fig.add_subplot(grid[1, 0])
-    counts = {}
-    for name, a in actors.items():
-        for key in ("delivered", "filtered", "new", "duplicates"):
-            value = a.get("stats", {}).get(key)
-            if isinstance(value, (int, float)):
-                counts[f"{key}"] = counts.get(key, 0) + value
+    counts = item_totals(history)
     alerts.bar(list(counts), list(counts.values()), color="tab:blue")
+    alerts.tick_params(axis="x", labelsize=8)
     alerts.set_title("Items (as last reported)", fontsize=9)
     cost = fig.add_subplot(grid[1, 1])
     usage = {name: a.get("stats", {}).get("cost_usd_today", 0.0) for name, a in actors.items()
              if a.get("kind") == "llm"}
     cost.bar(list(usage), list(usage.values()), color="tab:green")
+    if not any(usage.values()):
+        cost.text(0.5, 0.5, "no model cost (keyword classifier)", ha="center",
+                  transform=cost.transAxes, fontsize=9, color="gray")
     cost.set_title("LLM cost today (USD)", fontsize=9)
-    fig.subplots_adjust(hspace=0.45, left=0.06, right=0.98, top=0.93, bottom=0.08)
+    fig.subplots_adjust(hspace=0.3, left=0.06, right=0.98, top=0.95, bottom=0.06)
     path = Path(path)
     fig.savefig(path)
     return path
