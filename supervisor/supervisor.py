@@ -37,7 +37,7 @@ PRELOAD = ["zmq", "msgspec", "psutil", "requests", "feedparser", "cachetools",
            "matplotlib.figure", "matplotlib.backends.backend_agg",
            "actors.base", "actors.protocol", "actors.fetcher", "actors.dedupe",
            "actors.llm", "actors.alert", "actors.charts", "actors.rules"]
-PRELOAD_GEMINI = ["google.genai"]
+PRELOAD_GEMINI = ["google.genai", "actors.gemini"]
 EXIT_CLEAN, EXIT_GAVE_UP, EXIT_DRAIN_INCOMPLETE = 0, 1, 4
 HISTORY_FILE = "supervisor-history.json"
 
@@ -345,9 +345,7 @@ class Supervisor:
         self._next_ping = self._next_sample = time.monotonic()
         try:
             for kind in START_ORDER + ("test",):
-                for h in self.handles.values():
-                    if h.kind == kind:
-                        self.spawn(h)
+                self._start_kind(kind)
             self.notifier.notify("READY=1", f"STATUS=supervising {len(self.handles)} actors")
             while not self.stop_requested:
                 self.pump(min(self._next_timeout(), 1.0))
@@ -359,6 +357,15 @@ class Supervisor:
         finally:
             self._close()
         return self.exit_code
+
+    def _start_kind(self, kind: str) -> None:
+        """Starts a kind and waits for its first heartbeats, so the next kind finds its
+        inboxes bound (a fetcher's first claims then flow straight through)."""
+        batch = [h for h in self.handles.values() if h.kind == kind]
+        for h in batch:
+            self.spawn(h)
+        self._wait(lambda: all(h.state != "starting" for h in batch) or bool(self.stop_requested),
+                   self.sup.heartbeat_timeout_s)
 
     def _fetchers_finished(self) -> bool:
         fetchers = [h for h in self.handles.values() if h.kind == "fetcher"]
