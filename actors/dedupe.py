@@ -19,6 +19,7 @@ LEASE_SCAN_MAX_S = 1.0  # expired leases are looked for at least this often
 # and the alert journal answers "already delivered".
 ACK_FLUSH_S = 0.2
 ACK_FLUSH_MAX = 5000
+GROUP_COMMIT_MAX_ITEMS = 4000  # claims handled in one transaction, at most
 
 
 class DedupeActor(Actor):
@@ -66,15 +67,29 @@ class DedupeActor(Actor):
             self.store.unsent(unsent)
 
     def _on_claims(self) -> None:
+        # Group commit: claims that queued up together share one transaction, so an index
+        # page touched by several of them is written once.
+        group: list[tuple[list[bytes], protocol.Claim]] = []
+        size = 0
         for envelope, claim in self.recv_messages(self.rpc, self.rpc_codec):
-            new = self.store.claim(claim.items)
-            self.counters["claimed"] += len(claim.items)
-            self.counters["new"] += len(new)
-            self.counters["duplicates"] += len(claim.items) - len(new)
-            self.pending += len(new)
-            reply = protocol.Claimed(req_id=claim.req_id, new=[it.key for it in new])
+            group.append((envelope, claim))
+            size += len(claim.items)
+            if size >= GROUP_COMMIT_MAX_ITEMS:
+                break
+        if not group:
+            return
+        new = self.store.claim([item for _, claim in group for item in claim.items])
+        new_keys = {item.key for item in new}
+        self.counters["claimed"] += size
+        self.counters["new"] += len(new)
+        self.counters["duplicates"] += size - len(new)
+        self.pending += len(new)
+        for envelope, claim in group:
+            mine = [it.key for it in claim.items if it.key in new_keys]
+            new_keys.difference_update(mine)  # a key in two claims is new for the first only
+            reply = protocol.Claimed(req_id=claim.req_id, new=mine)
             self.rpc.send_multipart([*envelope, protocol.encode(reply)])
-            self._forward([(item, 1) for item in new])
+        self._forward([(item, 1) for item in new])
 
     def _on_acks(self) -> None:
         for _, ack in self.recv_messages(self.acks, self.ack_codec):
