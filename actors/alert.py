@@ -1,83 +1,89 @@
 """The alert actor: applies the score policy, attaches a chart, delivers to every sink
-exactly once through the delivery journal, and acknowledges to dedupe."""
+exactly once through the delivery journal, each sink at its own pace, and acknowledges an
+item to dedupe only once every sink has it.
+
+An item that passes the policy becomes a Pending. It waits, in arrival order, for its chart
+(rendered on the ChartMaker thread) up to ``alerts.charts.max_wait_s``, then joins one Lane
+per sink. A lane delivers its backlog in arrival order, so alerts for one ticker arrive in
+the order they came: a fast sink (console, JSONL) on the loop, a blocking one (Discord) one
+item at a time on its SinkWorker thread, which waits out Discord's rate limits while the
+loop keeps heartbeating and receiving.
+
+Nothing is dropped:
+- Memory is bounded: at ``alerts.max_backlog`` pending items input pauses, and ZeroMQ holds
+  the rest upstream (the dedupe ledger has them all anyway).
+- An item is acked only when every sink has it. A redelivered copy (its lease ran out while
+  it waited for Discord) is merged with the one still here; a copy of one already delivered
+  is answered "already" by the journal for every sink and acked again.
+- A sink that fails an item (a JSONL write error; Discord rejecting it even as plain text)
+  leaves it unacked: the ledger sends it again after its lease, the sinks that have it
+  answer "already", and after ``dedupe.max_attempts`` it becomes a dead letter with an
+  admin event.
+- A sink disabled by a 401/403/404 raises a ``sink_disabled`` admin event and is skipped
+  until the actor restarts (``catalyst-supervisor restart alert-0`` once the webhook is
+  fixed): its items go to the other sinks and stay unacked, pending in the ledger, which
+  sends them again each lease (so a restart delivers them) and dead-letters them, each with
+  an admin event, after ``dedupe.max_attempts``. They are never acked as delivered.
+"""
 
 from __future__ import annotations
 
 import collections
-import hashlib
 import logging
+import socket
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from pathlib import Path
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import zmq
 
 from actors import protocol
-from actors.alert_journal import ALREADY, BUSY, GO, UNSURE, AlertJournal
+from actors.alert_journal import ALREADY, BUSY, UNSURE, AlertJournal
 from actors.base import Actor
+from actors.chart_maker import ChartMaker
 from actors.errors import SinkError
-from actors.sinks import build_sink
+from actors.sinks import Sink, SinkWorker, UnavailableSink, build_sink, sink_name
 
 log = logging.getLogger("catalyst.alert")
 
-MAX_QUEUED = 500  # alerts waiting for their chart; input pauses beyond this
 HOUSEKEEPING_S = 3600.0
+TEARDOWN_FLUSH_S = 2.0  # a post under way at stop gets this long to finish and be journaled
 
 
-@dataclass
-class Queued:
+@dataclass(eq=False)
+class Pending:
+    """One alert on its way: waiting for its chart, then for every sink."""
+
     msg: protocol.Classified
     chart: Future | None
-    deadline: float
+    chart_deadline: float
+    record: dict | None = None
+    chart_path: str | None = None
+    waiting: set[int] = field(default_factory=set)  # indexes of lanes that still owe it
+    held: bool = False  # a sink could not take it: not acked, the ledger sends it again
+
+    @property
+    def key(self) -> str:
+        return self.msg.item.key
 
 
-class ChartMaker:
-    """Renders charts on one worker thread, off the text alert's path."""
+class Lane:
+    """One sink's backlog, delivered in arrival order at the sink's pace."""
 
-    def __init__(self, config):
-        from actors.prices import price_provider_from_config
+    def __init__(self, index: int, sink: Sink, worker: SinkWorker | None):
+        self.index = index
+        self.sink = sink
+        self.worker = worker
+        self.backlog: collections.deque[Pending] = collections.deque()
+        self.in_flight: Pending | None = None
+        self.disabled: str | None = None
 
-        c = config.alerts.charts
-        self.dir = config.path(c.dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.keep_s = c.keep_days * 86400.0
-        self.prices = price_provider_from_config(c)
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="chart")
+    @property
+    def name(self) -> str:
+        return self.sink.name
 
-    def submit(self, item: protocol.Item, tickers: list[str]) -> Future | None:
-        if not tickers:
-            return None
-        return self.pool.submit(self._render, item, tickers[0])
-
-    def _render(self, item: protocol.Item, ticker: str) -> str | None:
-        from actors.charts import render_chart
-
-        series = self.prices.series(ticker)
-        if series is None or not series.bars:
-            return None
-        digest = hashlib.blake2b(item.key.encode(), digest_size=8).hexdigest()
-        path = self.dir / f"{ticker}-{digest}.png"
-        render_chart(series, title=item.title, ticker=ticker,
-                     news_time=item.published or item.fetched_at, path=path)
-        return str(path)
-
-    def prune(self) -> int:
-        """Charts are output, but months of them are not: old ones are removed."""
-        cutoff = time.time() - self.keep_s
-        removed = 0
-        for png in self.dir.glob("*.png"):
-            try:
-                if png.stat().st_mtime < cutoff:
-                    png.unlink()
-                    removed += 1
-            except FileNotFoundError:
-                pass
-        return removed
-
-    def close(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
-        self.prices.close()
+    def __len__(self) -> int:
+        return len(self.backlog) + (self.in_flight is not None)
 
 
 def alert_record(msg: protocol.Classified, chart: str | None) -> dict:
@@ -98,85 +104,210 @@ class AlertActor(Actor):
 
     def setup(self) -> None:
         cfg = self.config
-        self.sinks = [build_sink(s, cfg) for s in cfg.alerts.sinks]
+        self._wake_lanes_r, self._wake_lanes_w = socket.socketpair()
+        self._wake_lanes_r.setblocking(False)
+        self._wake_lanes_w.setblocking(False)
+        self.add_reader(self._wake_lanes_r.fileno(), self._on_wake)
+        self.lanes: list[Lane] = []
+        for i, sink_cfg in enumerate(cfg.alerts.sinks):
+            try:
+                sink = build_sink(sink_cfg, cfg)
+            except SinkError as exc:  # e.g. its webhook URL is not in the environment
+                sink = UnavailableSink(sink_name(sink_cfg), str(exc))
+            worker = SinkWorker(sink, notify=self._wake) if sink.blocking else None
+            self.lanes.append(Lane(i, sink, worker))
+            if isinstance(sink, UnavailableSink):
+                self._disable(self.lanes[-1], SinkError(sink.reason, permanent=True))
         self.journal = AlertJournal(cfg.path(cfg.data_dir) / "alerts.db",
                                     sqlite_cfg=cfg.dedupe.sqlite,
                                     ttl_s=cfg.dedupe.ttl_days * 86400.0)
         charts = cfg.alerts.charts
-        self.charts = ChartMaker(cfg) if charts.enabled and charts.price_url else None
+        self.charts = ChartMaker.from_config(cfg) if charts.enabled else None
+        if charts.enabled and self.charts is None and charts.key_env():
+            self.admin("charts_unavailable", f"charts need ${charts.key_env()} for "
+                       f"{charts.provider}; alerts go without charts", reason=charts.provider)
         self.inbox = self.socket(zmq.PULL,
                                  bind=cfg.instance_endpoint("alert_in", self.spec.index))
         self.acks = self.socket(zmq.PUSH, connect=cfg.endpoint("dedupe_acks"))
         self.add_reader(self.inbox, self._on_items)
         self.codec = protocol.Codec(protocol.Classified)
-        self.queue: collections.deque[Queued] = collections.deque()
+        self.pending: dict[str, Pending] = {}
+        self.chart_queue: collections.deque[Pending] = collections.deque()
         self.to_ack: dict[str, list[str]] = {"delivered": [], "filtered": []}
         self.next_housekeeping = time.monotonic() + 60.0
 
+    # Waking from other threads ----------------------------------------------
+
+    def _wake(self, *_: object) -> None:
+        """Called from the chart and sink threads: a result is waiting for the loop."""
+        try:
+            self._wake_lanes_w.send(b"\0")
+        except OSError:  # full: the loop is already due to wake
+            pass
+
+    def _on_wake(self) -> None:
+        try:
+            while self._wake_lanes_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    # Receiving ---------------------------------------------------------------
+
     def _on_items(self) -> None:
         now = time.monotonic()
+        alerts = self.config.alerts
         for _, msg in self.recv_messages(self.inbox, self.codec):
-            if msg.analysis.score < self.config.alerts.min_score:
+            key = msg.item.key
+            if msg.analysis.score < alerts.min_score:
                 self.counters["filtered"] += 1
-                self.to_ack["filtered"].append(msg.item.key)
+                self.to_ack["filtered"].append(key)
                 continue
+            if key in self.pending:  # its lease ran out while it waited here
+                self.counters["redelivery_merged"] += 1
+                continue
+            if msg.attempt > 1:
+                self.counters["redelivered_in"] += 1
             tickers = msg.analysis.tickers or msg.item.tickers
             chart = self.charts.submit(msg.item, tickers) if self.charts else None
-            self.queue.append(Queued(msg, chart, now + self.config.alerts.charts.max_wait_s))
-            if len(self.queue) >= MAX_QUEUED:
+            if chart is not None:
+                chart.add_done_callback(self._wake)
+            p = Pending(msg, chart, now + alerts.charts.max_wait_s)
+            self.pending[key] = p
+            self.chart_queue.append(p)
+            if len(self.pending) >= alerts.max_backlog:
                 break
-        self._deliver_ready(now)
+        self._advance(now)
 
-    def _chart_of(self, q: Queued) -> str | None:
-        if q.chart is None:
+    # Delivering --------------------------------------------------------------
+
+    def _chart_of(self, p: Pending) -> str | None:
+        if p.chart is None:
             return None
-        if not q.chart.done():
+        if not p.chart.done():
             self.counters["chart_timeouts"] += 1
             return None
         try:
-            path = q.chart.result()
+            path = p.chart.result()
         except Exception as exc:  # a chart is decoration; its failure never blocks the alert
             self.counters["chart_errors"] += 1
-            log.warning("chart for %s failed: %s", q.msg.item.key, exc)
+            log.warning("chart for %s failed: %s", p.key, exc)
             return None
         if path:
             self.counters["charts"] += 1
         return path
 
-    def _deliver_ready(self, now: float) -> None:
-        # In arrival order: the head waits for its chart, up to its deadline.
-        while self.queue:
-            head = self.queue[0]
-            if head.chart is not None and not head.chart.done() and now < head.deadline:
+    def _release_charted(self, now: float) -> None:
+        """Moves alerts whose chart is ready (or too late) to every lane, in arrival order."""
+        while self.chart_queue:
+            head = self.chart_queue[0]
+            if head.chart is not None and not head.chart.done() and now < head.chart_deadline:
                 return
-            self.queue.popleft()
-            self._deliver(head.msg, self._chart_of(head))
+            self.chart_queue.popleft()
+            head.chart_path = self._chart_of(head)
+            head.record = alert_record(head.msg, head.chart_path)
+            head.waiting = {lane.index for lane in self.lanes}
+            for lane in self.lanes:
+                lane.backlog.append(head)
+            if not head.waiting:
+                self._finish(head)
 
-    def _deliver(self, msg: protocol.Classified, chart: str | None) -> None:
-        key = msg.item.key
-        record = alert_record(msg, chart)
-        for sink in self.sinks:
-            verdict, old_mark = self.journal.begin(key, sink.name, sink.mark())
+    def _pump(self, lane: Lane) -> None:
+        """Starts the lane's next deliveries: all of them inline, one at a time on a worker."""
+        while lane.backlog and lane.in_flight is None:
+            p = lane.backlog.popleft()
+            if lane.disabled:
+                self.counters["skipped_disabled_sink"] += 1
+                self._settle(p, lane, ok=False)
+                continue
+            verdict, old_mark = self.journal.begin(p.key, lane.name, lane.sink.mark())
             if verdict == ALREADY:
+                self._settle(p, lane, ok=True)
                 continue
             if verdict == BUSY:  # another live instance is delivering it; it will ack
                 self.counters["busy_elsewhere"] += 1
-                return
-            if verdict == UNSURE and sink.written(key, old_mark):
-                self.journal.done(key, sink.name)
+                self._settle(p, lane, ok=False)
                 continue
+            if verdict == UNSURE and lane.sink.written(p.key, old_mark):
+                self.journal.done(p.key, lane.name)
+                self._settle(p, lane, ok=True)
+                continue
+            if lane.worker is not None:
+                if not lane.worker.submit(p.key, p.record, p.chart_path):
+                    self.journal.release(p.key, lane.name)
+                    lane.backlog.appendleft(p)
+                    return
+                lane.in_flight = p
+                return
             try:
-                sink.deliver(record, chart)
+                lane.sink.deliver(p.record, p.chart_path)
             except SinkError as exc:
-                self.journal.release(key, sink.name)
-                self.counters["sink_errors"] += 1
-                log.warning("sink %s failed for %s: %s", sink.name, key, exc)
-                return  # not acked: the ledger sends it again after its lease
-            self.journal.done(key, sink.name)
-        if msg.attempt > 1:
-            self.counters["redelivered_in"] += 1
+                self._failed(p, lane, exc)
+                continue
+            self.journal.done(p.key, lane.name)
+            self._settle(p, lane, ok=True)
+
+    def _collect(self, lane: Lane) -> None:
+        """Outcomes of the lane's worker: journal them and settle the items."""
+        if lane.worker is None:
+            return
+        for key, error in lane.worker.results():
+            p, lane.in_flight = lane.in_flight, None
+            if p is None or p.key != key:  # cannot happen: one job at a time
+                log.error("%s: result for an unexpected item %s", lane.name, key)
+                continue
+            if error is None:
+                self.journal.done(key, lane.name)
+                self._settle(p, lane, ok=True)
+            else:
+                self._failed(p, lane, error)
+
+    def _failed(self, p: Pending, lane: Lane, exc: SinkError) -> None:
+        self.journal.release(p.key, lane.name)
+        if exc.permanent:
+            self._disable(lane, exc)
+        else:
+            self.counters["sink_errors"] += 1
+            log.warning("sink %s failed for %s: %s", lane.name, p.key, exc)
+        self._settle(p, lane, ok=False)
+
+    def _disable(self, lane: Lane, exc: SinkError) -> None:
+        """Skips the sink from now on, loudly: its alerts are held in the ledger, not lost."""
+        if lane.disabled:
+            return
+        lane.disabled = str(exc)
+        self.counters["sinks_disabled"] += 1
+        message = (f"{lane.name} disabled ({exc}). Its alerts still go to the other sinks but "
+                   "stay pending in the ledger, sent again each lease and dead-lettered after "
+                   f"dedupe.max_attempts; fix it, then `catalyst-supervisor restart {self.name}`")
+        log.error("%s", message)
+        self.admin("sink_disabled", message, reason=lane.name, level="error")
+
+    def _settle(self, p: Pending, lane: Lane, *, ok: bool) -> None:
+        p.waiting.discard(lane.index)
+        if not ok:
+            p.held = True
+        if not p.waiting:
+            self._finish(p)
+
+    def _finish(self, p: Pending) -> None:
+        self.pending.pop(p.key, None)
+        if p.held:  # not acked: pending in the ledger, which sends it again after its lease
+            self.counters["held_unacked"] += 1
+            return
         self.counters["delivered"] += 1
-        self.to_ack["delivered"].append(key)
+        self.to_ack["delivered"].append(p.key)
+
+    def _advance(self, now: float) -> None:
+        self._release_charted(now)
+        for lane in self.lanes:
+            self._collect(lane)
+            self._pump(lane)
+
+    def _forward_sink_events(self) -> None:
+        for lane in self.lanes:
+            for ev in lane.sink.pop_events():
+                self.admin(ev["event"], ev["message"], reason=ev["reason"], level=ev["level"])
 
     def _flush_acks(self) -> None:
         for outcome, keys in self.to_ack.items():
@@ -190,14 +321,17 @@ class AlertActor(Actor):
                 self.counters["acks_dropped"] += len(keys)
             self.to_ack[outcome] = []
 
+    # Hooks -------------------------------------------------------------------
+
     def next_deadline(self, now: float) -> float:
         deadline = min(self.next_housekeeping, now + self.heartbeat_interval)
-        if self.queue:
-            deadline = min(deadline, now + 0.01, self.queue[0].deadline)
+        if self.chart_queue:
+            deadline = min(deadline, self.chart_queue[0].chart_deadline)
         return deadline
 
     def tick(self, now: float) -> None:
-        self._deliver_ready(now)
+        self._advance(now)
+        self._forward_sink_events()
         self._flush_acks()
         if now >= self.next_housekeeping:
             self.next_housekeeping = now + HOUSEKEEPING_S
@@ -206,18 +340,36 @@ class AlertActor(Actor):
                 self.counters["charts_pruned"] += self.charts.prune()
 
     def input_paused(self) -> bool:
-        return len(self.queue) >= MAX_QUEUED
+        return len(self.pending) >= self.config.alerts.max_backlog
 
     def idle(self) -> bool:
-        return not self.queue and not any(self.to_ack.values())
+        return not self.pending and not any(self.to_ack.values())
 
     def stats(self) -> dict:
-        return {"queued": len(self.queue)}
+        out: dict = {"queued": len(self.chart_queue), "pending": len(self.pending)}
+        for lane in self.lanes:
+            out[f"{lane.name}.backlog"] = len(lane)
+            for k, v in lane.sink.stats().items():
+                out[f"{lane.name}.{k}"] = v
+        return out
 
     def teardown(self) -> None:
-        for sink in getattr(self, "sinks", []):
-            sink.close()
+        for lane in getattr(self, "lanes", []):
+            if lane.worker is None:
+                lane.sink.close()
+                continue
+            for key in lane.worker.close(TEARDOWN_FLUSH_S):  # never started: nothing sent
+                if lane.in_flight is not None and lane.in_flight.key == key:
+                    self.journal.release(key, lane.name)
+                    lane.in_flight = None
+            self._collect(lane)  # a post that finished in time is journaled, not sent twice
+        if hasattr(self, "acks"):
+            self._forward_sink_events()
+            self._flush_acks()
         if getattr(self, "charts", None):
             self.charts.close()
         if hasattr(self, "journal"):
             self.journal.close()
+        for sock in (getattr(self, "_wake_lanes_r", None), getattr(self, "_wake_lanes_w", None)):
+            if sock is not None:
+                sock.close()

@@ -1,15 +1,16 @@
 """The llm actor: classifies each new item and passes it to the alert actors.
 
-A redelivered item is answered from the bounded analysis cache, at no model cost
-(invariant 4).
+The classifier (actors.classifiers) answers at once or later; answers go out through
+the Outbox as Classified messages, in whatever order they finish. A redelivered item is
+answered from the classifier's cache, at no model cost (invariant 4). While model calls
+are under way the loop keeps turning (heartbeats, commands); while the classifier's
+backlog is full, input pauses and ZeroMQ holds items upstream.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
-import cachetools
 import zmq
 
 from actors import protocol
@@ -19,45 +20,53 @@ from actors.classifiers import make_classifier
 log = logging.getLogger("catalyst.llm")
 
 
-def content_hash(item: protocol.Item) -> str:
-    """What the analysis depends on: a changed title or summary is a new analysis."""
-    text = f"{item.title}\x00{item.summary}\x00{item.form or ''}".encode()
-    return hashlib.blake2b(text, digest_size=12).hexdigest()
-
-
 class LLMActor(Actor):
     kind = "llm"
 
     def setup(self) -> None:
         cfg = self.config
-        self.classifier = make_classifier(cfg)
-        self.cache: cachetools.TTLCache = cachetools.TTLCache(
-            maxsize=cfg.llm.cache_size, ttl=cfg.llm.cache_ttl_s)
+        # Bound first: dedupe sees the inbox while the classifier is still being made.
         self.inbox = self.socket(zmq.PULL, bind=cfg.instance_endpoint("llm_in", self.spec.index))
         self.out = self.outbox(self.socket(
             zmq.PUSH, connect=[cfg.instance_endpoint("alert_in", i)
                                for i in range(cfg.actors.alert.instances)]))
+        self.classifier = make_classifier(cfg, name=self.name, admin=self.admin)
         self.add_reader(self.inbox, self._on_items)
+        if self.classifier.wake_fd is not None:
+            self.add_reader(self.classifier.wake_fd, self._on_answers)
         self.codec = protocol.Codec(protocol.Deliver)
 
-    def analyse(self, item: protocol.Item) -> protocol.Analysis:
-        cache_key = (item.key, content_hash(item))
-        analysis = self.cache.get(cache_key)
-        if analysis is not None:
-            self.counters["cache_hits"] += 1
-            return analysis
-        analysis = self.classifier.classify(item)
-        self.counters[f"classified_{analysis.provider}"] += 1
-        self.cache[cache_key] = analysis
-        return analysis
+    def _send(self, item: protocol.Item, analysis: protocol.Analysis, attempt: int) -> None:
+        self.out.send(protocol.encode(
+            protocol.Classified(item=item, analysis=analysis, attempt=attempt)))
 
     def _on_items(self) -> None:
         for _, msg in self.recv_messages(self.inbox, self.codec):
-            analysis = self.analyse(msg.item)
-            self.out.send(protocol.encode(
-                protocol.Classified(item=msg.item, analysis=analysis, attempt=msg.attempt)))
-            if self.out.full:
-                return  # downstream is full: stop reading until it drains
+            analysis = self.classifier.submit(msg.item, msg.attempt)
+            if analysis is not None:
+                self._send(msg.item, analysis, msg.attempt)
+            if self.out.full or self.classifier.saturated():
+                return  # downstream or the model backlog is full: stop reading until it drains
+
+    def _on_answers(self) -> None:
+        for answer in self.classifier.answers():
+            self._send(answer.item, answer.analysis, answer.attempt)
+
+    def tick(self, now: float) -> None:
+        self.classifier.tick(now)
+        self._on_answers()
+
+    def next_deadline(self, now: float) -> float:
+        return min(super().next_deadline(now), self.classifier.next_deadline(now))
+
+    def input_paused(self) -> bool:
+        return super().input_paused() or self.classifier.saturated()
+
+    def idle(self) -> bool:
+        return super().idle() and not self.classifier.busy()
 
     def stats(self) -> dict:
-        return {"cache_size": len(self.cache), "outbox": len(self.out.frames)}
+        return {**self.classifier.stats(), "outbox": len(self.out.frames)}
+
+    def teardown(self) -> None:
+        self.classifier.close()

@@ -1,8 +1,11 @@
 """Intraday price bars for alert charts: providers behind one small interface, and a cache.
 
 A provider answers ``series(ticker)`` with a PriceSeries or None. None means "no chart",
-never "no alert": providers log and count their failures instead of raising them. Tiingo or
-Alpha Vantage providers subclass PriceProvider the same way HttpReplayProvider does.
+never "no alert": providers log and count their failures instead of raising them. Three
+speak HTTP: HttpReplayProvider here (our JSON shape: the demo server, a replay), and the
+vendors in price_vendors.py, TiingoProvider (IEX intraday) and AlphaVantageProvider
+(TIME_SERIES_INTRADAY). API keys come from the environment through Secrets and are never
+logged (no URL is).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import requests
 from cachetools import TTLCache
 
 if TYPE_CHECKING:
-    from supervisor.config import ChartsConfig
+    from supervisor.config import ChartsConfig, Secrets
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +78,14 @@ def parse_series(body: bytes, ticker: str) -> PriceSeries:
     return PriceSeries(ticker=ticker, previous_close=series.previous_close, bars=bars)
 
 
+class VendorAnswer(ValueError):
+    """A price vendor's answer that is not data; ``count`` names the stat it counts as."""
+
+    def __init__(self, message: str, count: str = "bad_payload"):
+        super().__init__(message)
+        self.count = count
+
+
 def normalise_ticker(ticker: str) -> str | None:
     ticker = ticker.strip().upper()
     return ticker if _TICKER.match(ticker) else None
@@ -93,18 +104,13 @@ class PriceProvider:
         pass
 
 
-class HttpReplayProvider(PriceProvider):
-    """Bars from a URL template that returns our JSON shape (the demo server, or a replay).
+class HttpPriceProvider(PriceProvider):
+    """What every provider over HTTP shares: a Session per thread, timeouts, a body size
+    limit, a wall deadline, and counts. URLs may carry an API key, so none is ever logged."""
 
-    ``price_url`` may carry an API token in its query, so it is never logged.
-    """
-
-    def __init__(self, price_url: str, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
+    def __init__(self, *, connect_timeout_s: float = CONNECT_TIMEOUT_S,
                  read_timeout_s: float = READ_TIMEOUT_S, deadline_s: float | None = None,
                  max_bytes: int = MAX_PRICE_BYTES, user_agent: str = "catalyst-supervisor"):
-        if "{ticker}" not in price_url:
-            raise ValueError('price_url must contain "{ticker}"')
-        self.price_url = price_url
         self.timeout = (connect_timeout_s, read_timeout_s)
         # read_timeout_s bounds each read; the deadline bounds a body that trickles in.
         if deadline_s is None:
@@ -116,7 +122,7 @@ class HttpReplayProvider(PriceProvider):
         self._sessions: list[requests.Session] = []
         self._lock = threading.Lock()
         self._counts = {"requests": 0, "ok": 0, "not_found": 0, "failed": 0, "bad_payload": 0,
-                        "too_large": 0, "bad_ticker": 0}
+                        "too_large": 0, "bad_ticker": 0, "unauthorized": 0, "rate_limited": 0}
 
     def _count(self, what: str) -> None:
         with self._lock:
@@ -143,27 +149,36 @@ class HttpReplayProvider(PriceProvider):
             return None
         self._count("requests")
         try:
-            body = self._get(self.price_url.format(ticker=quote(symbol, safe="")), symbol)
+            series = self._fetch(symbol)
         except requests.RequestException as exc:
             self._count("failed")
             log.debug("prices for %s: %s", symbol, type(exc).__name__)
             return None
-        if body is None:
-            return None
-        try:
-            series = parse_series(body, symbol)
         except ValueError as exc:
-            self._count("bad_payload")
+            self._count(getattr(exc, "count", "bad_payload"))
             log.debug("%s", exc)
             return None
-        self._count("ok")
+        if series is not None:
+            self._count("ok")
         return series
 
-    def _get(self, url: str, symbol: str) -> bytes | None:
+    def _fetch(self, symbol: str) -> PriceSeries | None:
+        """The series for a normalised symbol; None (counted) or ValueError when unusable."""
+        raise NotImplementedError
+
+    def _get(self, url: str, symbol: str, headers: dict[str, str] | None = None) -> bytes | None:
         deadline = time.monotonic() + self.deadline_s
-        with self._session().get(url, timeout=self.timeout, stream=True) as response:
+        with self._session().get(url, timeout=self.timeout, stream=True,
+                                 headers=headers) as response:
             if response.status_code == 404:
                 self._count("not_found")
+                return None
+            if response.status_code in (401, 403):
+                self._count("unauthorized")
+                log.debug("prices for %s: HTTP %s (API key?)", symbol, response.status_code)
+                return None
+            if response.status_code == 429:
+                self._count("rate_limited")
                 return None
             if response.status_code != 200:
                 self._count("failed")
@@ -192,6 +207,23 @@ class HttpReplayProvider(PriceProvider):
             sessions, self._sessions = self._sessions, []
         for session in sessions:
             session.close()
+
+
+class HttpReplayProvider(HttpPriceProvider):
+    """Bars from a URL template that returns our JSON shape (the demo server, or a replay).
+
+    ``price_url`` may carry an API token in its query, so it is never logged.
+    """
+
+    def __init__(self, price_url: str, **http: Any):
+        if "{ticker}" not in price_url:
+            raise ValueError('price_url must contain "{ticker}"')
+        super().__init__(**http)
+        self.price_url = price_url
+
+    def _fetch(self, symbol: str) -> PriceSeries | None:
+        body = self._get(self.price_url.format(ticker=quote(symbol, safe="")), symbol)
+        return None if body is None else parse_series(body, symbol)
 
 
 _MISSING = object()
@@ -250,11 +282,27 @@ class CachedPrices(PriceProvider):
         self.provider.close()
 
 
-def price_provider_from_config(charts: ChartsConfig) -> PriceProvider | None:
+def price_provider_from_config(charts: ChartsConfig,
+                               secrets: Secrets | None = None) -> PriceProvider | None:
     """The cached provider that ``alerts.charts`` describes, or None when charts have no prices."""
-    if not charts.enabled or not charts.price_url:
+    if not charts.enabled:
         return None
     wait = max(charts.max_wait_s, 0.5)
-    provider = HttpReplayProvider(charts.price_url, connect_timeout_s=min(CONNECT_TIMEOUT_S, wait),
-                                  read_timeout_s=wait, deadline_s=wait)
+    http = {"connect_timeout_s": min(CONNECT_TIMEOUT_S, wait), "read_timeout_s": wait,
+            "deadline_s": wait}
+    provider: PriceProvider
+    if charts.provider == "replay":
+        if not charts.price_url:
+            return None
+        provider = HttpReplayProvider(charts.price_url, **http)
+    else:
+        key_env = charts.key_env()
+        key = secrets.get(key_env) if secrets is not None and key_env else None
+        if not key:
+            log.error("charts: %s needs $%s; alerts go without charts", charts.provider, key_env)
+            return None
+        from actors.price_vendors import AlphaVantageProvider, TiingoProvider
+
+        vendor = TiingoProvider if charts.provider == "tiingo" else AlphaVantageProvider
+        provider = vendor(key, base_url=charts.base_url, **http)
     return CachedPrices(provider, maxsize=charts.cache_size, ttl_s=charts.cache_ttl_s)

@@ -1,14 +1,21 @@
-"""Chart render time: actors.charts.render_chart against the same chart through pyplot.
+"""Chart render time, and alerts per second through the Discord sink.
 
-Prices come from the demo server over loopback HTTP (fetched once per ticker, outside the
-timing); each timed render draws one chart and writes its PNG. The baseline draws the same
-artists through matplotlib.pyplot with default settings (figure size, savefig), in the same
-process, interleaved with ours so both see the same machine state.
+Render: actors.charts.render_chart against the same chart through pyplot. Prices come from
+the demo server over loopback HTTP (fetched once per ticker, outside the timing); each timed
+render draws one chart and writes its PNG. The baseline draws the same artists through
+matplotlib.pyplot with default settings (figure size, savefig), in the same process,
+interleaved with ours so both see the same machine state.
 
-    python benchmarks/charts.py [-n 50]
+Delivery: N alerts, each with a rendered chart attached (multipart), posted one after the
+other through DiscordSink (as the alert actor's Discord lane does) to the loopback fake
+Discord of tests/fake_discord.py, once enforcing Discord's 5 posts per 2 s with real
+headers (alerts_per_s: the pace users get; 2.5/s is the steady-state ceiling) and once with
+no limit (alerts_per_s_unlimited: our own cost per post). 429s are counted.
 
-Prints a table and a last line ``RESULT render_p50_ms=.. render_p95_ms=.. alerts_per_s=NA ...``
-(alerts_per_s is filled in once the Discord sink is benchmarked).
+    python benchmarks/charts.py [-n 50] [--alerts 30]
+
+Prints a table and a last line
+``RESULT render_p50_ms=.. render_p95_ms=.. alerts_per_s=.. ...``.
 """
 
 from __future__ import annotations
@@ -24,10 +31,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors.charts import render_chart, vwap  # noqa: E402
+from actors.discord import DiscordSink  # noqa: E402
+from actors.discord_limits import RateLimits  # noqa: E402
 from actors.prices import HttpReplayProvider, PriceSeries  # noqa: E402
 from supervisor.demo_server import DemoFeedServer, DemoPrices  # noqa: E402
+from tests.fake_discord import FakeDiscord  # noqa: E402
 
 TARGET_P50_MS = 150.0
+DISCORD_LIMIT, DISCORD_WINDOW_S = 5, 2.0  # Discord's usual webhook bucket
 
 
 def demo_cases(server: DemoFeedServer) -> list[tuple[PriceSeries, str, float | None]]:
@@ -86,6 +97,8 @@ def percentiles(samples_ms: list[float]) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-n", "--renders", type=int, default=50, help="charts per variant")
+    parser.add_argument("--alerts", type=int, default=30,
+                        help="alerts posted to the fake Discord per run")
     parser.add_argument("--keep", type=Path, default=None, help="write the PNGs here and keep them")
     args = parser.parse_args(argv)
 
@@ -93,12 +106,35 @@ def main(argv: list[str] | None = None) -> int:
         cases = demo_cases(server)
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
-        return run(args.renders, cases, args.keep)
+        return run(args.renders, args.alerts, cases, args.keep)
     with tempfile.TemporaryDirectory(prefix="chart-bench-") as tmp:
-        return run(args.renders, cases, Path(tmp))
+        return run(args.renders, args.alerts, cases, Path(tmp))
 
 
-def run(renders: int, cases: list[tuple[PriceSeries, str, float | None]], out_dir: Path) -> int:
+def post_alerts(n: int, charts: list[Path], *, limit: int, window_s: float) -> dict[str, float]:
+    """Posts n alerts with charts through DiscordSink to a fresh fake Discord; times them."""
+    with FakeDiscord(limit=limit, window_s=window_s) as discord:
+        url = discord.add_webhook()
+        sink = DiscordSink(url, name="discord:BENCH", limits=RateLimits(),
+                           default_limit=DISCORD_LIMIT, default_window_s=DISCORD_WINDOW_S)
+        now = time.time()
+        start = time.perf_counter()
+        for i in range(n):
+            record = {"key": f"bench-{i}", "title": f"Bench Corp {i} Receives FDA Approval",
+                      "link": f"https://news.example.com/{i}", "source": "bench",
+                      "tickers": ["ACMB"], "category": "fda_approval", "score": 0.9,
+                      "sentiment": 0.7, "summary": "A material event.", "published": now}
+            sink.deliver(record, str(charts[i % len(charts)]))
+        elapsed = time.perf_counter() - start
+        sink.close()
+        received = discord.received()
+        assert len(received) == n and all(m.files for m in received), "alerts went missing"
+        return {"alerts_per_s": n / elapsed, "elapsed_s": elapsed,
+                "rate_limited": float(discord.count(429))}
+
+
+def run(renders: int, alerts: int, cases: list[tuple[PriceSeries, str, float | None]],
+        out_dir: Path) -> int:
     series, headline, news = cases[0]
     cold_start = time.perf_counter()
     render_chart(series, title=headline, ticker=series.ticker, news_time=news,
@@ -133,7 +169,25 @@ def run(renders: int, cases: list[tuple[PriceSeries, str, float | None]], out_di
           f"{base['p50']:>8.1f} {base['p95']:>8.1f} {base['max']:>8.1f}")
     print(f"ratio (baseline p50 / ours p50): {ratio:.2f}   target: p50 <= {TARGET_P50_MS:.0f} ms "
           f"({'met' if mine['p50'] <= TARGET_P50_MS else 'MISSED'})")
-    print(f"RESULT render_p50_ms={mine['p50']:.1f} render_p95_ms={mine['p95']:.1f} alerts_per_s=NA "
+
+    charts = sorted(p for p in out_dir.glob("*.png") if "baseline" not in p.name)
+    paced = post_alerts(alerts, charts, limit=DISCORD_LIMIT, window_s=DISCORD_WINDOW_S)
+    free = post_alerts(alerts, charts, limit=1_000_000, window_s=DISCORD_WINDOW_S)
+    print()
+    print(f"discord: {alerts} alerts with a chart each, posted through DiscordSink "
+          "(multipart, ?wait=true) to the loopback fake")
+    print(f"{'fake Discord':<44} {'alerts/s':>8} {'total s':>8} {'429s':>8}")
+    print(f"{f'{DISCORD_LIMIT} posts / {DISCORD_WINDOW_S:.0f} s per webhook (real headers)':<44} "
+          f"{paced['alerts_per_s']:>8.2f} {paced['elapsed_s']:>8.2f} {paced['rate_limited']:>8.0f}")
+    print(f"{'no limit (our cost per post)':<44} "
+          f"{free['alerts_per_s']:>8.1f} {free['elapsed_s']:>8.2f} {free['rate_limited']:>8.0f}")
+    ceiling = DISCORD_LIMIT / DISCORD_WINDOW_S
+    print(f"Discord's steady-state ceiling: {ceiling:.1f} alerts/s; the first {DISCORD_LIMIT} "
+          "go at once, so a short burst measures a little above it")
+    print(f"RESULT render_p50_ms={mine['p50']:.1f} render_p95_ms={mine['p95']:.1f} "
+          f"alerts_per_s={paced['alerts_per_s']:.2f} "
+          f"alerts_per_s_unlimited={free['alerts_per_s']:.1f} "
+          f"discord_429s={paced['rate_limited']:.0f} "
           f"baseline_p50_ms={base['p50']:.1f} ratio={ratio:.2f}")
     return 0
 

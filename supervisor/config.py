@@ -79,14 +79,55 @@ class DedupeConfig:
 
 
 @dataclass(frozen=True)
+class ModelPrice:
+    """USD per million tokens; output includes thinking tokens, as Google bills them."""
+
+    input_usd_per_mtok: float = setting(ge=0)
+    output_usd_per_mtok: float = setting(ge=0)
+
+    @classmethod
+    def gemini_list_prices(cls) -> dict[str, ModelPrice]:
+        # Gemini Developer API, paid tier, text input, prompts <= 200k tokens, as listed on
+        # https://ai.google.dev/gemini-api/docs/pricing on 2026-10-07. gemini-3.8-flash is
+        # at its list price; its launch price ($0.75 / $3.75 until 2026-12-31) is lower,
+        # so a budget errs on the safe side.
+        return {name: cls(i, o) for name, i, o in [
+            ("gemini-2.5-flash-lite", 0.10, 0.40), ("gemini-2.5-flash", 0.30, 2.50),
+            ("gemini-2.5-pro", 1.25, 10.00), ("gemini-3.5-flash-lite", 0.30, 2.50),
+            ("gemini-3.5-flash", 1.50, 9.00), ("gemini-3.8-flash", 1.50, 7.50),
+            ("gemini-3.1-pro-preview", 2.00, 12.00)]}
+
+
+@dataclass(frozen=True)
 class LLMConfig:
     provider: Literal["rules", "gemini"] = "rules"
     model: str = "gemini-2.5-flash"
+    fallback_model: str | None = "gemini-2.5-flash-lite"  # once daily_budget_usd is spent
     base_url: str | None = None
     api_version: str = "v1beta"
     timeout_s: float = setting(30.0, gt=0)
     cache_size: int = setting(10_000, ge=1)
     cache_ttl_s: float = setting(72 * 3600.0, gt=0)
+    cache_purge_interval_s: float = setting(3600.0, gt=0)
+    max_concurrency: int = setting(4, ge=1, le=64)  # model calls in flight per instance
+    requests_per_minute: float = setting(120.0, gt=0)  # shared by all llm instances
+    batch_size: int = setting(8, ge=1, le=50)  # items per request, when several wait
+    max_backlog: int = setting(200, ge=1)  # items waiting for a call; input pauses beyond
+    max_queue_wait_s: float = setting(30.0, gt=0)  # then the keyword classifier answers
+    max_retries: int = setting(2, ge=0, le=10)  # 429, 5xx, timeouts
+    retry_backoff_initial_s: float = setting(1.0, ge=0)
+    retry_backoff_max_s: float = setting(20.0, ge=0)
+    invalid_answer_retries: int = setting(1, ge=0, le=5)
+    breaker_failures: int = setting(3, ge=1)
+    breaker_backoff_initial_s: float = setting(30.0, gt=0)
+    breaker_backoff_max_s: float = setting(600.0, gt=0)
+    max_input_chars: int = setting(1500, ge=100)  # of an item's summary, per request
+    max_output_tokens_per_item: int = setting(400, ge=64)
+    thinking_budget: int | None = setting(0, ge=0)  # 0: off; None: the model's default
+    daily_budget_usd: float = setting(5.0, ge=0)  # per UTC day, for `model`
+    fallback_daily_budget_usd: float = setting(1.0, ge=0)  # for `fallback_model`
+    budget_warn_fraction: float = setting(0.8, gt=0, le=1)
+    pricing: dict[str, ModelPrice] = setting(factory=ModelPrice.gemini_list_prices)
 
 
 @dataclass(frozen=True)
@@ -94,18 +135,35 @@ class SinkConfig:
     type: Literal["console", "jsonl", "discord"]
     path: str | None = None  # jsonl
     webhook_url_env: str | None = None  # discord: the NAME of the environment variable
+    # discord only, below
+    username: str | None = None  # the poster's name; None: the webhook's own
+    timeout_s: float = setting(10.0, gt=0)  # one HTTP request to the webhook
+    rate_limit: int = setting(5, ge=1)  # posts per rate_window_s until Discord's headers say
+    rate_window_s: float = setting(2.0, gt=0)
+    retry_initial_s: float = setting(1.0, gt=0)  # 5xx / network errors: backoff, doubling
+    retry_max_s: float = setting(60.0, gt=0)
+    outage_after_s: float = setting(60.0, gt=0)  # failing this long: a "sink_outage" event
 
 
 @dataclass(frozen=True)
 class ChartsConfig:
     enabled: bool = True
     dir: str = "var/charts"
+    # Where prices come from: replay (price_url), tiingo (IEX intraday) or alphavantage.
+    provider: Literal["replay", "tiingo", "alphavantage"] = "replay"
     # Price bars over HTTP: "{ticker}" is replaced. None: no charts (no price data).
     price_url: str | None = None
+    base_url: str | None = None  # tiingo / alphavantage API base; None: the vendor's own
+    api_key_env: str | None = None  # None: TIINGO_API_KEY / ALPHAVANTAGE_API_KEY
     max_wait_s: float = setting(2.0, ge=0)
     cache_size: int = setting(256, ge=1)
     cache_ttl_s: float = setting(300.0, gt=0)
     keep_days: float = setting(7.0, gt=0)  # older chart files are removed
+
+    def key_env(self) -> str | None:
+        """The environment variable holding the price vendor's API key, if one is needed."""
+        defaults = {"tiingo": "TIINGO_API_KEY", "alphavantage": "ALPHAVANTAGE_API_KEY"}
+        return self.api_key_env or defaults.get(self.provider)
 
 
 @dataclass(frozen=True)
@@ -114,6 +172,37 @@ class AlertsConfig:
     sinks: list[SinkConfig] = setting(factory=lambda: [SinkConfig(type="console")])
     admin: SinkConfig = setting(factory=lambda: SinkConfig(type="console"))
     charts: ChartsConfig = setting(factory=ChartsConfig)
+    # Alerts held in memory (waiting for a chart or for a sink's turn); input pauses beyond,
+    # and ZeroMQ holds the rest upstream. At Discord's 2.5 posts/s, 200 is 80 s of backlog.
+    max_backlog: int = setting(200, ge=1)
+
+    def check(self, secrets: Secrets) -> None:
+        """What the types cannot say: webhook URLs well formed when set, other URLs usable."""
+        from actors.discord import parse_webhook_url  # the one parser of webhook URLs
+
+        for i, sink in enumerate([*self.sinks, self.admin]):
+            where = f"alerts.sinks[{i}]" if i < len(self.sinks) else "alerts.admin"
+            if sink.type != "discord" or not sink.webhook_url_env:
+                continue
+            # Absent here is not an error: status and stop run from shells without secrets.
+            # The process that needs it says so (admin event, sink disabled, alerts held).
+            url = secrets.get(sink.webhook_url_env)
+            if not url:
+                continue
+            try:
+                parse_webhook_url(url)
+            except ValueError as exc:  # the message never quotes the URL
+                raise ConfigError(f"{where}.webhook_url_env",
+                                  f"${sink.webhook_url_env}: {exc}") from None
+            if sink.retry_max_s < sink.retry_initial_s:
+                raise ConfigError(f"{where}.retry_max_s", "must be >= retry_initial_s")
+        charts = self.charts
+        if not charts.enabled:
+            return
+        if charts.provider == "replay" and charts.price_url and "{ticker}" not in charts.price_url:
+            raise ConfigError("alerts.charts.price_url", 'must contain "{ticker}"')
+        if charts.base_url is not None and not charts.base_url.startswith(("http://", "https://")):
+            raise ConfigError("alerts.charts.base_url", "must be an http:// or https:// URL")
 
 
 @dataclass(frozen=True)
@@ -361,6 +450,20 @@ def _validate(cfg: Config) -> None:
     for kind in ("llm", "alert"):
         if getattr(cfg.actors, kind).instances < 1:
             raise ConfigError(f"actors.{kind}.instances", "must be at least 1")
+    llm = cfg.llm
+    # A model without a price would cost $0 and never meet its budget.
+    for key in ("model", "fallback_model"):
+        name = getattr(llm, key)
+        if name is not None and name not in llm.pricing:
+            raise ConfigError(f"llm.{key}", f"{name!r} has no price in llm.pricing "
+                              f"(priced: {', '.join(sorted(llm.pricing)) or 'none'})")
+    if llm.base_url is not None and not llm.base_url.startswith(("http://", "https://")):
+        raise ConfigError("llm.base_url", "must be an http:// or https:// URL")
+    if llm.retry_backoff_max_s < llm.retry_backoff_initial_s:
+        raise ConfigError("llm.retry_backoff_max_s", "must be >= retry_backoff_initial_s")
+    if llm.provider == "gemini" and not cfg.secrets.get("GEMINI_API_KEY"):
+        raise ConfigError("llm.provider", "gemini needs GEMINI_API_KEY in the environment")
+    cfg.alerts.check(cfg.secrets)
 
 
 def config_from_dict(data: Any, source: str | None = None,
