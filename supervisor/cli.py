@@ -14,8 +14,13 @@ from supervisor.control import ControlError, request
 EXIT_USAGE = 2
 
 
-def _load(args):
-    return load_config(getattr(args, "config", None))
+def _load(args, *, with_secrets: bool = True):
+    return load_config(getattr(args, "config", None), with_secrets=with_secrets)
+
+
+def _control_config(args):
+    """Enough configuration to find the supervisor's socket; secrets are not needed."""
+    return _load(args, with_secrets=False)
 
 
 def cmd_start(args) -> int:
@@ -45,19 +50,19 @@ def _table(status: dict) -> str:
 
 
 def cmd_status(args) -> int:
-    status = request(_load(args), "status")
+    status = request(_control_config(args), "status")
     print(json.dumps(status, indent=2) if args.json else _table(status))
     return 0
 
 
 def cmd_stop(args) -> int:
-    request(_load(args), "stop")
+    request(_control_config(args), "stop")
     print("stopping")
     return 0
 
 
 def cmd_restart(args) -> int:
-    request(_load(args), "restart", {"name": args.name})
+    request(_control_config(args), "restart", {"name": args.name})
     print(f"restarting {args.name}")
     return 0
 
@@ -66,7 +71,7 @@ def cmd_report(args) -> int:
     from supervisor.report import render_report
     from supervisor.supervisor import HISTORY_FILE
 
-    config = _load(args)
+    config = _control_config(args)
     try:
         history = request(config, "history", timeout_s=2.0)
     except ControlError:

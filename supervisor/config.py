@@ -461,18 +461,27 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("llm.base_url", "must be an http:// or https:// URL")
     if llm.retry_backoff_max_s < llm.retry_backoff_initial_s:
         raise ConfigError("llm.retry_backoff_max_s", "must be >= retry_backoff_initial_s")
-    if llm.provider == "gemini" and not cfg.secrets.get("GEMINI_API_KEY"):
+
+
+def check_secrets(cfg: Config) -> None:
+    """What only a process that runs the service needs: its secrets, present and usable.
+    status, stop and restart skip this, so they work from a shell without them."""
+    if cfg.llm.provider == "gemini" and not cfg.secrets.get("GEMINI_API_KEY"):
         raise ConfigError("llm.provider", "gemini needs GEMINI_API_KEY in the environment")
     cfg.alerts.check(cfg.secrets)
 
 
-def config_from_dict(data: Any, source: str | None = None,
-                     secrets: Secrets | None = None) -> Config:
+def config_from_dict(data: Any, source: str | None = None, secrets: Secrets | None = None,
+                     *, with_secrets: bool = True) -> Config:
     cfg = _build(Config, data, "")
     extra = [s.webhook_url_env for s in [*cfg.alerts.sinks, cfg.alerts.admin] if s.webhook_url_env]
+    if cfg.alerts.charts.key_env():
+        extra.append(cfg.alerts.charts.key_env())
     cfg = dataclasses.replace(cfg, source=source,
                               secrets=secrets or Secrets.from_environment(extra))
     _validate(cfg)
+    if with_secrets:
+        check_secrets(cfg)
     return cfg
 
 
@@ -480,7 +489,7 @@ def default_config_path() -> str:
     return os.environ.get(ENV_CONFIG) or "config.yaml"
 
 
-def load_config(path: str | os.PathLike | None = None) -> Config:
+def load_config(path: str | os.PathLike | None = None, *, with_secrets: bool = True) -> Config:
     path = Path(path or default_config_path())
     try:
         text = path.read_text(encoding="utf-8")
@@ -490,4 +499,4 @@ def load_config(path: str | os.PathLike | None = None) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
-    return config_from_dict(data, source=str(path.resolve()))
+    return config_from_dict(data, source=str(path.resolve()), with_secrets=with_secrets)

@@ -157,7 +157,8 @@ class Running:
         from supervisor.control import ControlError, request
 
         try:
-            return request(load_config(self.config_path), "status", timeout_s=2.0)
+            return request(load_config(self.config_path, with_secrets=False), "status",
+                           timeout_s=2.0)
         except ControlError:
             return None
 

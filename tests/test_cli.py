@@ -1,0 +1,54 @@
+"""The operator's commands, as a shell runs them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import yaml
+
+from tests.conftest import ROOT, base_config
+
+
+def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items() if k not in ("GEMINI_API_KEY",)}
+    return subprocess.run([sys.executable, "-m", "supervisor.cli", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60,
+                          env={**clean, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def test_control_commands_work_from_a_shell_without_the_secrets(workdir):
+    cfg = base_config(workdir, [])
+    cfg["llm"] = {"provider": "gemini"}
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    check = cli("check-config", "-c", str(path))
+    assert check.returncode == 2
+    assert "llm.provider: gemini needs GEMINI_API_KEY" in check.stderr
+    status = cli("status", "-c", str(path))  # no supervisor runs: not a config error
+    assert status.returncode == 1 and "no supervisor answered" in status.stderr
+
+
+def test_check_config_accepts_the_shipped_config_and_names_a_bad_key(workdir):
+    ok = cli("check-config", "-c", str(ROOT / "config.yaml"))
+    assert ok.returncode == 0, ok.stderr
+    assert "9 feeds enabled" in ok.stdout
+    data = yaml.safe_load((ROOT / "config.yaml").read_text())
+    data["feeds"][4]["kind"] = "edgar"
+    bad = workdir / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    result = cli("check-config", "-c", str(bad))
+    assert result.returncode == 2
+    assert "feeds[4].kind: 'edgar' is not one of pr, sec" in result.stderr
+
+
+def test_an_edgar_feed_without_a_user_agent_is_refused(workdir):
+    data = yaml.safe_load((ROOT / "config.yaml").read_text())
+    data["sec_user_agent"] = ""
+    path = workdir / "noua.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for command in ("check-config", "start"):
+        result = cli(command, "-c", str(path))
+        assert result.returncode == 2
+        assert "sec_user_agent: required by EDGAR feed 'sec-8k'" in result.stderr
