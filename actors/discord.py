@@ -34,6 +34,7 @@ import requests
 from actors.discord_embed import CHART_FILENAME, message_payload, payload_json, plain_payload
 from actors.discord_limits import DEFAULT_LIMIT, DEFAULT_WINDOW_S, RateLimits, process_limits
 from actors.errors import SinkError
+from actors.logsetup import add_secret
 from actors.sinks import Sink
 
 log = logging.getLogger("catalyst.discord")
@@ -45,38 +46,6 @@ EVENTS_KEPT = 100
 DISABLING_STATUSES = {401: "unauthorized", 403: "forbidden", 404: "unknown webhook"}
 
 _WEBHOOK_PATH = re.compile(r"^/api(?:/v\d+)?/webhooks/(?P<id>\d+)/(?P<token>[^/?#]+)/?$")
-
-
-class _TokenScrubber(logging.Filter):
-    """Masks webhook tokens in records of the libraries that log URLs (urllib3 at debug).
-
-    logsetup keeps urllib3 at WARNING and masks every configured secret; this is one more
-    guard, for a process whose logging someone set up differently."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tokens: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.tokens:
-            text = record.getMessage()
-            if any(token in text for token in self.tokens):
-                for token in self.tokens:
-                    text = text.replace(token, "***")
-                record.msg, record.args = text, None
-        return True
-
-
-_SCRUBBER = _TokenScrubber()
-URL_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connection", "requests")
-
-
-def _guard(token: str) -> None:
-    _SCRUBBER.tokens.add(token)
-    for name in URL_LOGGERS:
-        logger = logging.getLogger(name)
-        if _SCRUBBER not in logger.filters:
-            logger.addFilter(_SCRUBBER)
 
 
 def parse_webhook_url(url: str) -> tuple[str, str]:
@@ -108,7 +77,7 @@ class DiscordSink(Sink):
             webhook_id, self._token = parse_webhook_url(url)
         except ValueError as exc:
             raise SinkError(f"{name}: {exc}", permanent=True) from None
-        _guard(self._token)
+        add_secret(self._token)
         self.name = name
         self._url = url.rstrip("/")
         self.route = f"webhook:{webhook_id}"
