@@ -145,7 +145,7 @@ class DedupeActor(Actor):
         return not any(self.acked.values())
 
     def stats(self) -> dict:
-        return {"pending": self.pending}
+        return {"pending": self.pending, "live_keys": self.store.live_keys()}
 
     def teardown(self) -> None:
         store = getattr(self, "store", None)

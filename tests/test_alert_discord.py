@@ -102,7 +102,7 @@ def test_a_burst_of_100_alerts_reaches_discord_whole_once_each_in_order(
         assert filename == "chart.png" and data.startswith(PNG_SIGNATURE)
     # Every key acknowledged: nothing pending in the ledger.
     db = sqlite3.connect(workdir / "data" / "seen.db")
-    assert db.execute("SELECT count(*) FROM pending WHERE state = 1").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM ledger WHERE state = 1").fetchone()[0] == 0
     db.close()
     # The token is a secret: not in the log, not in any file the system wrote.
     assert token not in running.log_text()

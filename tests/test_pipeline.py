@@ -110,7 +110,7 @@ def test_killed_actor_is_replaced_and_delivery_goes_on(wire, run_supervisor, wor
     db = sqlite3.connect(workdir / "data" / "seen.db")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert db.execute("SELECT count(*) FROM pending WHERE state = 1").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM ledger WHERE state = 1").fetchone()[0] == 0
 
 
 def test_bad_config_key_is_named_by_its_path(run_supervisor, workdir):

@@ -15,7 +15,7 @@ import zmq
 from actors import protocol
 from actors.errors import StoreLockedError
 from actors.protocol import Item
-from actors.seen_store import SqliteSeenStore, key_hash
+from actors.seen_store import SqliteSeenStore
 from supervisor.config import SqliteConfig, load_config
 from tests.conftest import base_config, wait_for
 
@@ -121,14 +121,27 @@ def test_claim_reports_only_new_keys_and_signatures_catch_cross_wire_copies(tmp_
     assert store.pending_count() == 3
 
 
-def test_hash_collisions_probe_to_a_free_slot(tmp_path):
+def test_the_in_memory_index_is_rebuilt_from_the_file(tmp_path):
     store = open_store(tmp_path / "seen.db")
-    # Occupy the slot of "victim" with another key, as a 64-bit collision would.
-    store.db.execute("INSERT INTO seen (h, key, state, seen_at) VALUES (?, 'squatter', 0, ?)",
-                     (key_hash("victim"), time.time()))
-    assert [i.key for i in store.claim([item("victim")])] == ["victim"]
-    assert store.claim([item("victim")]) == []
-    assert store.finish(["victim"], "delivered") == 1
+    store.claim([item("a"), item("b"), item("c", signature="ACME|acme wins")])
+    store.finish(["a"], "delivered")
+    store.close()
+    store = open_store(tmp_path / "seen.db")
+    assert store.pending_count() == 2 and store.live_keys() == 4  # a, b, c and c's signature
+    assert store.claim([item("a"), item("b"), item("d", signature="ACME|acme wins")]) == []
+    assert store.finish(["b", "c"], "filtered") == 2
+    assert store.pending_count() == 0
+
+
+def test_a_failed_commit_leaves_memory_and_file_agreeing(tmp_path):
+    store = open_store(tmp_path / "seen.db")
+    store.db.execute("CREATE TRIGGER no_x BEFORE INSERT ON ledger WHEN NEW.key = 'x' "
+                     "BEGIN SELECT RAISE(ABORT, 'refused'); END")
+    with pytest.raises(sqlite3.DatabaseError):
+        store.claim([item("w"), item("x")])
+    assert store.live_keys() == 0 and store.pending_count() == 0
+    store.db.execute("DROP TRIGGER no_x")
+    assert [i.key for i in store.claim([item("w"), item("x")])] == ["w", "x"]
 
 
 def test_expired_leases_are_resent_then_dead_lettered(tmp_path):
