@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import socket
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
@@ -104,10 +103,7 @@ class AlertActor(Actor):
 
     def setup(self) -> None:
         cfg = self.config
-        self._wake_lanes_r, self._wake_lanes_w = socket.socketpair()
-        self._wake_lanes_r.setblocking(False)
-        self._wake_lanes_w.setblocking(False)
-        self.add_reader(self._wake_lanes_r.fileno(), self._on_wake)
+        self._lanes_waker = self.waker()
         self.lanes: list[Lane] = []
         for i, sink_cfg in enumerate(cfg.alerts.sinks):
             try:
@@ -140,17 +136,7 @@ class AlertActor(Actor):
 
     def _wake(self, *_: object) -> None:
         """Called from the chart and sink threads: a result is waiting for the loop."""
-        try:
-            self._wake_lanes_w.send(b"\0")
-        except OSError:  # full: the loop is already due to wake
-            pass
-
-    def _on_wake(self) -> None:
-        try:
-            while self._wake_lanes_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self._lanes_waker.wake()
 
     # Receiving ---------------------------------------------------------------
 
@@ -370,6 +356,5 @@ class AlertActor(Actor):
             self.charts.close()
         if hasattr(self, "journal"):
             self.journal.close()
-        for sock in (getattr(self, "_wake_lanes_r", None), getattr(self, "_wake_lanes_w", None)):
-            if sock is not None:
-                sock.close()
+        if hasattr(self, "_lanes_waker"):
+            self._lanes_waker.close()

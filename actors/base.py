@@ -30,6 +30,7 @@ EXIT_LOCKED = 75  # another process owns our database (EX_TEMPFAIL)
 RECV_BATCH = 1000  # messages handled from one socket before others get a turn
 DATA_HWM = 1000  # high-water mark on data-plane sockets: backpressure, not queues
 LINGER_MS = 500
+PING_GRACE = 1.5  # beat on our own when the supervisor's ping is this many intervals late
 
 
 @dataclass
@@ -43,6 +44,41 @@ class ActorSpec:
     supervisor_pid: int
     options: dict[str, Any] = field(default_factory=dict)
     actor_class: str | None = None  # "module:Class", for test actors
+
+
+class Waker:
+    """Wakes the actor loop from another thread or a signal handler: a byte on a
+    socketpair whose read end the loop polls. wake() never blocks; a full pipe means a
+    wake is already pending."""
+
+    def __init__(self):
+        self._r, self._w = socket.socketpair()
+        self._r.setblocking(False)
+        self._w.setblocking(False)
+
+    def fileno(self) -> int:
+        return self._r.fileno()
+
+    @property
+    def write_fd(self) -> int:
+        return self._w.fileno()
+
+    def wake(self, *_: object) -> None:
+        try:
+            self._w.send(b"\0")
+        except OSError:
+            pass
+
+    def drain(self) -> None:
+        try:
+            while self._r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def close(self) -> None:
+        self._r.close()
+        self._w.close()
 
 
 class Outbox:
@@ -99,9 +135,7 @@ class Actor:
         self.control.setsockopt(zmq.SNDHWM, 100)
         self.control.connect(self.config.endpoint("control"))
         self.add_reader(self.control, self._on_control)
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._signals = Waker()
 
     # Hooks -------------------------------------------------------------
 
@@ -198,7 +232,12 @@ class Actor:
     def _on_control(self) -> None:
         for _, msg in self.recv_messages(self.control, self._control_codec):
             self.last_ping = time.monotonic()
-            if isinstance(msg, protocol.Command):
+            if isinstance(msg, protocol.Ping):
+                # Answering the ping keeps every actor's beat in step with the supervisor's
+                # ping, so it wakes once per interval, not once per actor.
+                self.heartbeat()
+                self.next_heartbeat = self.last_ping + PING_GRACE * self.heartbeat_interval
+            elif isinstance(msg, protocol.Command):
                 if msg.command == "stop":
                     log.info("%s: stop requested", self.name)
                     self.request_stop()
@@ -214,16 +253,20 @@ class Actor:
             pass
         return now - self.last_ping > self.heartbeat_timeout
 
-    def _on_signal_wake(self) -> None:
-        try:
-            while self._wake_r.recv(64):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+    def waker(self, callback: Callable[[], None] | None = None) -> Waker:
+        """A Waker whose wakes run callback on the loop (after draining it)."""
+        w = Waker()
+
+        def on_wake() -> None:
+            w.drain()
+            if callback:
+                callback()
+        self.add_reader(w.fileno(), on_wake)
+        return w
 
     def run(self) -> int:
-        self.add_reader(self._wake_r.fileno(), self._on_signal_wake)
-        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        self.add_reader(self._signals.fileno(), self._signals.drain)
+        signal.set_wakeup_fd(self._signals.write_fd, warn_on_full_buffer=False)
         signal.signal(signal.SIGTERM, self._on_sigterm)
         try:
             self.setup()
@@ -231,9 +274,9 @@ class Actor:
             log.error("%s: %s", self.name, exc)
             return EXIT_LOCKED
         self.heartbeat()
-        next_heartbeat = time.monotonic() + self.heartbeat_interval
+        self.next_heartbeat = time.monotonic() + self.heartbeat_interval
         try:
-            return self._loop(next_heartbeat)
+            return self._loop()
         finally:
             self.teardown()
             self.ctx.destroy(linger=LINGER_MS)
@@ -243,7 +286,7 @@ class Actor:
         writers = tuple(box.sock for box in self.outboxes if box.frames)
         shape = (paused, writers, len(self.readers))
         if shape != getattr(self, "_poller_shape", None):
-            always = (self.control, self._wake_r.fileno())
+            always = (self.control, self._signals.fileno())
             poller = zmq.Poller()
             for sock in {*self.readers, *writers}:
                 flags = zmq.POLLOUT if sock in writers else 0
@@ -254,10 +297,10 @@ class Actor:
             self._poller, self._poller_shape = poller, shape
         return self._poller
 
-    def _loop(self, next_heartbeat: float) -> int:
+    def _loop(self) -> int:
         while True:
             now = time.monotonic()
-            deadline = min(next_heartbeat, self.next_deadline(now))
+            deadline = min(self.next_heartbeat, self.next_deadline(now))
             poller = self._poller_for(self.input_paused())
             timeout_ms = max(0, int((deadline - now) * 1000) + 1)
             for sock, event in poller.poll(timeout_ms):
@@ -267,9 +310,9 @@ class Actor:
                 box.flush()
             now = time.monotonic()
             self.tick(now)
-            if now >= next_heartbeat:
+            if now >= self.next_heartbeat:  # no ping came: beat anyway, and ask why
                 self.heartbeat()
-                next_heartbeat = now + self.heartbeat_interval
+                self.next_heartbeat = now + self.heartbeat_interval
                 if self._supervisor_gone(now):
                     log.error("%s: supervisor gone, exiting", self.name)
                     return EXIT_ORPHANED

@@ -21,7 +21,6 @@ log = logging.getLogger("catalyst.fetcher")
 CLAIM_BATCH = 500  # items per Claim message at most
 CLAIM_MAX_BYTES = protocol.MAX_MESSAGE_BYTES // 2  # and at most this encoded
 CLAIM_RETRY_S = 2.0  # a claim unanswered this long is sent again
-BUSY_POLL_S = 0.05  # how often a running fetch is checked on
 
 
 def claim_batches(items: list[protocol.Item]):
@@ -49,6 +48,8 @@ class FetcherActor(Actor):
         self.fetcher = FeedFetcher(cfg, instance=self.spec.index, instances=instances)
         self.outage = OutageDetector(cycles=cfg.fetch.outage_cycles)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="fetch")
+        # A finished fetch wakes the loop at once (tick collects it): no polling delay.
+        self.fetch_done = self.waker()
         self.rpc = self.socket(zmq.DEALER, connect=cfg.endpoint("dedupe_rpc"))
         self.add_reader(self.rpc, self._on_replies)
         self.codec = protocol.Codec(protocol.Claimed)
@@ -69,6 +70,7 @@ class FetcherActor(Actor):
         self.cycle_started = now
         self.next_poll = now + self.config.poll_interval_s
         self.running = self.pool.submit(self.fetcher.fetch_cycle, self.feeds)
+        self.running.add_done_callback(self.fetch_done.wake)
 
     def _collect(self, now: float) -> None:
         future, self.running = self.running, None
@@ -123,7 +125,7 @@ class FetcherActor(Actor):
 
     def next_deadline(self, now: float) -> float:
         if self.running is not None:
-            return now + BUSY_POLL_S
+            return now + self.heartbeat_interval  # the fetch wakes the loop when it is done
         if self.unconfirmed:
             return now + min(CLAIM_RETRY_S / 4, self.heartbeat_interval)
         if self.stopping or self.finished:

@@ -15,13 +15,13 @@ from __future__ import annotations
 import collections
 import logging
 import queue
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from actors import rules
+from actors.base import Waker
 from actors.breaker import CircuitBreaker
 from actors.classifiers import Answer
 from actors.errors import ConfigError
@@ -77,10 +77,8 @@ class GeminiClassifier:
         self.pool = ThreadPoolExecutor(llm.max_concurrency, thread_name_prefix="gemini")
         self.pool.submit(self.api.warm_up)
         self.done: queue.SimpleQueue[tuple[list[Job], Outcome]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self.wake_fd = self._wake_r.fileno()
+        self._waker = Waker()
+        self.wake_fd = self._waker.fileno()
         self.backlog: collections.deque[Job] = collections.deque()
         self.pending: dict[tuple[str, str], Job] = {}  # backlog and in flight, by cache key
         self.in_flight = 0  # calls on the pool
@@ -117,11 +115,7 @@ class GeminiClassifier:
 
     def answers(self) -> list[Answer]:
         """Answers that finished since the last call; starts the calls now possible."""
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self._waker.drain()
         while True:
             try:
                 batch, outcome = self.done.get_nowait()
@@ -189,8 +183,7 @@ class GeminiClassifier:
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.api.close()
         self.db.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self._waker.close()
 
     # Calls ---------------------------------------------------------------------
 
@@ -230,10 +223,7 @@ class GeminiClassifier:
             outcome = Outcome(model, failed={i: "error" for i in range(len(batch))},
                               error=type(exc).__name__)
         self.done.put((batch, outcome))
-        try:
-            self._wake_w.send(b"\0")
-        except OSError:
-            pass  # the socket is full (a wake is already pending) or closed at teardown
+        self._waker.wake()
 
     def _finish(self, batch: list[Job], outcome: Outcome) -> None:
         """On the actor thread: usage, breaker, cache, answers."""

@@ -178,12 +178,13 @@ class AlertsConfig:
 
     def check(self, secrets: Secrets) -> None:
         """What the types cannot say: webhook URLs well formed when set, other URLs usable."""
-        from actors.discord import parse_webhook_url  # the one parser of webhook URLs
-
         for i, sink in enumerate([*self.sinks, self.admin]):
             where = f"alerts.sinks[{i}]" if i < len(self.sinks) else "alerts.admin"
             if sink.type != "discord" or not sink.webhook_url_env:
                 continue
+            # Imported only here: it brings requests and ssl (~10 MB) into the supervisor.
+            from actors.discord import parse_webhook_url  # the one parser of webhook URLs
+
             # Absent here is not an error: status and stop run from shells without secrets.
             # The process that needs it says so (admin event, sink disabled, alerts held).
             url = secrets.get(sink.webhook_url_env)
