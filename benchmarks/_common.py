@@ -17,13 +17,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from actors.base import Actor  # noqa: E402
+from tests.waiting import wait_for  # noqa: E402,F401  (the benchmarks import it from here)
 
 STATUS_TIMEOUT_S = 2.0
 STOP_TIMEOUT_S = 30.0
@@ -120,19 +120,6 @@ def free_port() -> int:
 def short_tempdir(prefix: str) -> tempfile.TemporaryDirectory:
     # ipc:// socket paths are limited to ~107 bytes, and the config refuses run_dir > 80.
     return tempfile.TemporaryDirectory(prefix=prefix, dir="/tmp")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.02,
-             message: str = "condition") -> Any:
-    """Polls condition until it returns something truthy; raises at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {message}")
-        time.sleep(interval)
 
 
 # A running supervisor ----------------------------------------------------------------

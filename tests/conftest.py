@@ -21,21 +21,9 @@ import pytest
 import yaml
 
 from supervisor.demo_server import QuietHTTPServer
+from tests.waiting import wait_for  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05,
-             message: str = "condition") -> object:
-    """Polls condition until it returns something truthy, or fails at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}")
-        time.sleep(interval)
 
 
 # A scripted wire -----------------------------------------------------------------
