@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests.conftest import base_config, wait_for
-from tests.test_pipeline import GrowingFeed, make_items
+from tests.test_pipeline import make_items
 
 
 def integrity_ok(path) -> bool:

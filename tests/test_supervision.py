@@ -10,7 +10,6 @@ import time
 import urllib.request
 
 import psutil
-import pytest
 
 from tests.conftest import base_config, wait_for
 
