@@ -7,7 +7,7 @@ import json
 import logging
 import threading
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 from zoneinfo import ZoneInfo
 
@@ -18,6 +18,7 @@ from actors.price_vendors import (AlphaVantageProvider, TiingoProvider, parse_al
 from actors.prices import CachedPrices, price_provider_from_config
 from actors.errors import ConfigError
 from supervisor.config import ChartsConfig, Secrets, config_from_dict
+from supervisor.demo_server import QuietHTTPServer
 
 EASTERN = ZoneInfo("America/New_York")
 TIINGO_KEY = "tiingo-KEY-0123456789abcdef"
@@ -81,8 +82,7 @@ class Vendors:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
+        self.server = QuietHTTPServer(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.base_url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
