@@ -10,11 +10,12 @@ written after the mark.
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from pathlib import Path
 
 import psutil
+
+from actors.sqlite_files import connect, transaction
 
 SENDING, DONE = 0, 1
 
@@ -44,12 +45,7 @@ def _alive(pid: int, started: float) -> bool:
 
 class AlertJournal:
     def __init__(self, path: Path, *, sqlite_cfg, ttl_s: float):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, isolation_level=None)
-        self.db.execute(f"PRAGMA busy_timeout={int(sqlite_cfg.busy_timeout_ms)}")
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={sqlite_cfg.synchronous}")
-        self.db.executescript(SCHEMA)
+        self.db = connect(path, sqlite_cfg, SCHEMA)
         self.ttl_s = ttl_s
         self.pid = os.getpid()
         self.started = psutil.Process(self.pid).create_time()
@@ -58,8 +54,7 @@ class AlertJournal:
         """Takes (key, sink) for this process: GO, or ALREADY delivered, or BUSY with a live
         owner, or UNSURE (a dead owner may have delivered; the old mark is returned)."""
         now = time.time()
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self.db):
             row = self.db.execute(
                 "SELECT state, owner_pid, owner_started, mark FROM sent WHERE key=? AND sink=?",
                 (key, sink)).fetchone()
@@ -77,10 +72,6 @@ class AlertJournal:
                     "INSERT OR REPLACE INTO sent VALUES (?,?,?,?,?,?,?)",
                     (key, sink, SENDING, self.pid, self.started,
                      old_mark if verdict == UNSURE else mark, now))
-            self.db.execute("COMMIT")
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
         return verdict, old_mark
 
     def done(self, key: str, sink: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sqlite3
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import cachetools
 import msgspec
 
 from actors.protocol import Analysis, Item
+from actors.sqlite_files import open_checked, transaction
 
 log = logging.getLogger("catalyst.llm")
 
@@ -67,31 +67,7 @@ def amended_form(item: Item) -> str | None:
 def open_llm_db(path: Path, sqlite_cfg, on_corrupt: Callable[[str], None] | None = None
                 ) -> sqlite3.Connection:
     """Opens (or creates) the llm actors' database; a corrupt one is moved aside."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return _connect(path, sqlite_cfg)
-    except sqlite3.DatabaseError as exc:
-        aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}")
-        for suffix in ("", "-wal", "-shm"):
-            if Path(str(path) + suffix).exists():
-                os.replace(str(path) + suffix, str(aside) + suffix)
-        message = f"llm cache {path} was unreadable ({exc}); moved to {aside.name}"
-        log.error(message)
-        if on_corrupt:
-            on_corrupt(message)
-        return _connect(path, sqlite_cfg)
-
-
-def _connect(path: Path, cfg) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=True)
-    db.execute(f"PRAGMA busy_timeout={int(cfg.busy_timeout_ms)}")
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute(f"PRAGMA synchronous={cfg.synchronous}")
-    if db.execute("PRAGMA quick_check").fetchone()[0] != "ok":
-        db.close()
-        raise sqlite3.DatabaseError("quick_check failed")
-    db.executescript(SCHEMA)
-    return db
+    return open_checked(path, sqlite_cfg, SCHEMA, what="llm cache", on_corrupt=on_corrupt)
 
 
 class AnalysisCache:
@@ -131,8 +107,7 @@ class AnalysisCache:
             self.memory[(item.key, content)] = analysis
             rows.append((item.key, content, item.cik, normal_form(item.form) or None,
                          item.published, _encoder.encode(analysis), now, now + self.ttl_s))
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             self.db.executemany(
                 "INSERT OR REPLACE INTO analyses (key, content, cik, form, published, analysis,"
                 " created, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -150,8 +125,7 @@ class AnalysisCache:
         where = ("cik = ? AND form IN (?, ?) AND key != ?"
                  " AND (? IS NULL OR published IS NULL OR published <= ?)")
         args = (amendment.cik, base, base + "/A", amendment.key, published, published)
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             gone = self.db.execute(f"SELECT key, content FROM analyses WHERE {where}",
                                    args).fetchall()
             self.db.execute(f"DELETE FROM analyses WHERE {where}", args)
@@ -164,8 +138,7 @@ class AnalysisCache:
         return len(gone)
 
     def purge_expired(self) -> int:
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             removed = self.db.execute("DELETE FROM analyses WHERE expires <= ?",
                                       (self.clock(),)).rowcount
         self.purged += removed

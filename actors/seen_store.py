@@ -16,7 +16,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import msgspec
 
 from actors.errors import StoreLockedError
 from actors.protocol import Item
+from actors.sqlite_files import open_checked, transaction
 
 log = logging.getLogger("catalyst.seen_store")
 
@@ -72,19 +72,6 @@ class DueResult:
     dead: list[Item]
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error."""
-
-    def __init__(self, db: sqlite3.Connection):
-        self.db = db
-
-    def __enter__(self) -> None:
-        self.db.execute("BEGIN IMMEDIATE")
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        self.db.execute("ROLLBACK" if exc_type else "COMMIT")
-
-
 class FileLock:
     """An exclusive flock held for the owner's lifetime; the kernel drops it on death."""
 
@@ -119,53 +106,13 @@ class SqliteSeenStore:
         self.ttl_s = ttl_s
         self.lock = FileLock(self.path.with_name(self.path.name + ".lock"))
         try:
-            self.db = self._open_checked(sqlite_cfg, on_corrupt)
+            self.db = open_checked(self.path, sqlite_cfg, SCHEMA, what="SeenStore",
+                                   on_corrupt=on_corrupt)
+            self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
             self._load()
         except BaseException:
             self.lock.release()
             raise
-
-    # Opening ------------------------------------------------------------
-
-    def _connect(self, cfg) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
-        db.execute(f"PRAGMA busy_timeout={int(cfg.busy_timeout_ms)}")
-        mode = db.execute(f"PRAGMA journal_mode={cfg.journal_mode}").fetchone()[0]
-        if mode.upper() != cfg.journal_mode:
-            raise sqlite3.DatabaseError(f"journal_mode is {mode}, wanted {cfg.journal_mode}")
-        db.execute(f"PRAGMA synchronous={cfg.synchronous}")
-        db.execute(f"PRAGMA cache_size={int(cfg.cache_size)}")
-        db.execute(f"PRAGMA temp_store={cfg.temp_store}")
-        db.execute(f"PRAGMA mmap_size={int(cfg.mmap_size)}")
-        db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-        db.executescript(SCHEMA)
-        return db
-
-    def _open_checked(self, cfg, on_corrupt) -> sqlite3.Connection:
-        try:
-            db = self._connect(cfg)
-            result = db.execute("PRAGMA quick_check").fetchone()[0]
-            if result != "ok":
-                db.close()
-                raise sqlite3.DatabaseError(f"quick_check: {result}")
-            return db
-        except sqlite3.DatabaseError as exc:
-            aside = self._move_aside()
-            message = (f"SeenStore {self.path} was corrupt ({exc}); moved to {aside.name} "
-                       "and started fresh")
-            log.error(message)
-            if on_corrupt:
-                on_corrupt(message)
-            return self._connect(cfg)
-
-    def _move_aside(self) -> Path:
-        stamp = time.strftime("%Y%m%dT%H%M%S")
-        aside = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        for suffix in ("", "-wal", "-shm"):
-            src = Path(str(self.path) + suffix)
-            if src.exists():
-                os.replace(src, Path(str(aside) + suffix))
-        return aside
 
     def _load(self) -> None:
         """The in-memory index, from the file: live keys, and pending keys' rows."""
@@ -209,15 +156,12 @@ class SqliteSeenStore:
             added[hk], seq = seq, seq + 1
             new.append(item)
         if rows:
-            with self._transaction():
+            with transaction(self.db):
                 self.db.executemany("INSERT INTO ledger VALUES (?,?,?,?,?,?,?,?)", rows)
             self.next_seq = seq  # only once the rows are committed
             self.live.update(added)
             self.pending_rows.update((h, s) for h, s in added.items() if s)
         return new
-
-    def _transaction(self):
-        return _Transaction(self.db)
 
     # The ledger ----------------------------------------------------------
 
@@ -234,7 +178,7 @@ class SqliteSeenStore:
         """Marks pending keys delivered or filtered; returns how many were pending."""
         rows = self._pending_seqs(keys)
         if rows:
-            with self._transaction():
+            with transaction(self.db):
                 self.db.executemany(
                     "UPDATE ledger SET state = ?, payload = NULL, lease_until = NULL "
                     "WHERE seq = ?", [(OUTCOMES[outcome], seq) for _, seq in rows])
@@ -245,7 +189,7 @@ class SqliteSeenStore:
     def unsent(self, keys: list[str], now: float | None = None) -> None:
         """The next stage did not take these: try again soon, without counting an attempt."""
         now = time.time() if now is None else now
-        with self._transaction():
+        with transaction(self.db):
             self.db.executemany(
                 "UPDATE ledger SET attempts = max(attempts - 1, 0), lease_until = ? "
                 "WHERE seq = ?", [(now + UNSENT_RETRY_S, seq)
@@ -268,7 +212,7 @@ class SqliteSeenStore:
             else:
                 resend.append(Redelivery(item, attempts + 1))
                 updates.append((now + self.lease_s, seq))
-        with self._transaction():
+        with transaction(self.db):
             self.db.executemany(
                 "UPDATE ledger SET attempts = attempts + 1, lease_until = ? WHERE seq = ?",
                 updates)
@@ -282,7 +226,7 @@ class SqliteSeenStore:
 
     def expire_all_leases(self) -> int:
         """At start: every pending item is due now, so it is sent again at once."""
-        with self._transaction():
+        with transaction(self.db):
             return self.db.execute("UPDATE ledger SET lease_until = 0 WHERE state = 1").rowcount
 
     def pending_count(self) -> int:
@@ -298,7 +242,7 @@ class SqliteSeenStore:
     def purge(self, now: float | None = None) -> int:
         """Forgets finished keys and dead letters older than the TTL; never pending ones."""
         cutoff = (time.time() if now is None else now) - self.ttl_s
-        with self._transaction():
+        with transaction(self.db):
             gone = self.db.execute("DELETE FROM ledger WHERE state != 1 AND seen_at < ? "
                                    "RETURNING hh", (cutoff,)).fetchall()
         self.live.difference_update(hh for (hh,) in gone)

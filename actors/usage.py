@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
 
+from actors.sqlite_files import transaction
+
 log = logging.getLogger("catalyst.llm")
 
 SCHEMA = """
@@ -98,8 +100,7 @@ class UsageMonitor:
             mine[2] += u.tokens_out
             mine[3] += usd
         if rows:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
+            with transaction(self.db):
                 self.db.executemany(
                     "INSERT INTO usage (day, model, actor, calls, tokens_in, tokens_out, cost_usd)"
                     " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (day, model, actor) DO UPDATE SET"
@@ -126,8 +127,7 @@ class UsageMonitor:
 
     def purge(self) -> int:
         cutoff = utc_day(self.wall() - KEEP_DAYS * 86400.0)
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             n = self.db.execute("DELETE FROM usage WHERE day < ?", (cutoff,)).rowcount
             self.db.execute("DELETE FROM budget_events WHERE day < ?", (cutoff,))
         return n
@@ -184,8 +184,7 @@ class UsageMonitor:
         if (self.day, event) in self.announced:
             return
         self.announced.add((self.day, event))
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
+        with transaction(self.db):
             fresh = self.db.execute(
                 "INSERT OR IGNORE INTO budget_events (day, event, at) VALUES (?, ?, ?)",
                 (self.day, event, self.wall())).rowcount == 1
