@@ -69,6 +69,9 @@ def test_status_and_stop_through_the_control_socket(wire, run_supervisor, workdi
               "url": wire.serve_feed("/alpha.xml", lambda: make_items("alpha", 3))}]
     running = run_supervisor(base_config(workdir, feeds))
     wait_for(running.all_running, 30, message="all actors running")
+    # rss_mb comes from the supervisor's sampling, a moment after the first heartbeat.
+    wait_for(lambda: all(a["rss_mb"] for a in running.status()["actors"]), 10,
+             message="memory sampled")
     result = running.cli("status", "--json")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
