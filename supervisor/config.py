@@ -255,7 +255,6 @@ class EndpointsConfig:
 
     control: str | None = None  # actors' DEALERs -> supervisor ROUTER
     cli: str | None = None  # CLI REQ -> supervisor ROUTER
-    dedupe_in: str | None = None
     dedupe_acks: str | None = None
     dedupe_rpc: str | None = None
     llm_in: str | None = None

@@ -11,7 +11,6 @@ from typing import Any
 from supervisor.policy import RestartPolicy
 from supervisor.watch import MemoryHistory
 
-STATES = ("starting", "running", "stopping", "backoff", "failed", "stopped")
 REASONS = ("exit", "hang", "memory", "leak", "manual")
 MARKERS_KEPT = 200
 
