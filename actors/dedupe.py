@@ -50,7 +50,6 @@ class DedupeActor(Actor):
         restored = self.store.expire_all_leases()
         if restored:
             log.info("%d pending items from an earlier run will be sent again", restored)
-        self.pending = self.store.pending_count()
 
     def _send(self, item: protocol.Item, attempt: int) -> bool:
         try:
@@ -84,7 +83,6 @@ class DedupeActor(Actor):
         self.counters["claimed"] += size
         self.counters["new"] += len(new)
         self.counters["duplicates"] += size - len(new)
-        self.pending += len(new)
         for envelope, claim in group:
             mine = [it.key for it in claim.items if it.key in new_keys]
             new_keys.difference_update(mine)  # a key in two claims is new for the first only
@@ -104,7 +102,6 @@ class DedupeActor(Actor):
                 finished = self.store.finish(keys, outcome)
                 self.counters[outcome] += finished
                 self.counters["late_acks"] += len(keys) - finished
-                self.pending -= finished
                 self.acked[outcome] = []
         self.next_ack_flush = time.monotonic() + ACK_FLUSH_S
 
@@ -112,7 +109,6 @@ class DedupeActor(Actor):
         due = self.store.due(limit=self.config.dedupe.redeliver_batch)
         for item in due.dead:
             self.counters["dead"] += 1
-            self.pending -= 1
             self.admin("dead_letter", f"{item.key} ({item.title[:120]}) gave up after "
                        f"{self.config.dedupe.max_attempts} attempts", reason="max_attempts",
                        level="error")
@@ -146,7 +142,7 @@ class DedupeActor(Actor):
         return not any(self.acked.values())
 
     def stats(self) -> dict:
-        return {"pending": self.pending, "live_keys": self.store.live_keys()}
+        return {"pending": self.store.pending_count(), "live_keys": self.store.live_keys()}
 
     def teardown(self) -> None:
         store = getattr(self, "store", None)
