@@ -37,7 +37,9 @@ class DedupeActor(Actor):
         self.acks = self.socket(zmq.PULL, bind=cfg.endpoint("dedupe_acks"))
         self.deliver = self.socket(
             zmq.PUSH, connect=[cfg.instance_endpoint("llm_in", i)
-                               for i in range(cfg.actors.llm.instances)])
+                               for i in range(cfg.actors.llm.instances)],
+            hwm=protocol.DELIVER_HWM)
+        self.llm_instances = cfg.actors.llm.instances
         self.add_reader(self.rpc, self._on_claims)
         self.add_reader(self.acks, self._on_acks)
         self.rpc_codec = protocol.Codec(protocol.Claim)
@@ -51,20 +53,24 @@ class DedupeActor(Actor):
         if restored:
             log.info("%d pending items from an earlier run will be sent again", restored)
 
-    def _send(self, item: protocol.Item, attempt: int) -> bool:
-        try:
-            self.deliver.send(protocol.encode(protocol.Deliver(item=item, attempt=attempt)),
-                              zmq.NOBLOCK)
-            return True
-        except zmq.Again:
-            return False
-
     def _forward(self, batch: list[tuple[protocol.Item, int]]) -> None:
-        unsent = [item.key for item, attempt in batch if not self._send(item, attempt)]
-        if unsent:  # the llm inbox is not there yet (starting, restarting): soon again
-            self.counters["forward_deferred"] += len(unsent)
-            self.store.unsent(unsent)
-            self.next_lease_scan = min(self.next_lease_scan, time.monotonic() + UNSENT_RETRY_S)
+        """Sends items on to the llm inbox in chunks, spread over its instances."""
+        if not batch:
+            return
+        size = max(1, min(protocol.DELIVER_CHUNK, -(-len(batch) // self.llm_instances)))
+        for start in range(0, len(batch), size):
+            chunk = batch[start:start + size]
+            frame = protocol.encode(protocol.Deliver(
+                items=[protocol.Delivery(item=item, attempt=attempt) for item, attempt in chunk]))
+            try:
+                self.deliver.send(frame, zmq.NOBLOCK)
+            except zmq.Again:  # the llm inbox is not there yet (starting, restarting): soon again
+                unsent = [item.key for item, _ in batch[start:]]
+                self.counters["forward_deferred"] += len(unsent)
+                self.store.unsent(unsent)
+                self.next_lease_scan = min(self.next_lease_scan,
+                                           time.monotonic() + UNSENT_RETRY_S)
+                return
 
     def _on_claims(self) -> None:
         # Group commit: claims that queued up together share one transaction, so an index

@@ -26,7 +26,8 @@ class LLMActor(Actor):
     def setup(self) -> None:
         cfg = self.config
         # Bound first: dedupe sees the inbox while the classifier is still being made.
-        self.inbox = self.socket(zmq.PULL, bind=cfg.instance_endpoint("llm_in", self.spec.index))
+        self.inbox = self.socket(zmq.PULL, bind=cfg.instance_endpoint("llm_in", self.spec.index),
+                                 hwm=protocol.DELIVER_HWM)
         self.out = self.outbox(self.socket(
             zmq.PUSH, connect=[cfg.instance_endpoint("alert_in", i)
                                for i in range(cfg.actors.alert.instances)]))
@@ -42,9 +43,10 @@ class LLMActor(Actor):
 
     def _on_items(self) -> None:
         for _, msg in self.recv_messages(self.inbox, self.codec):
-            analysis = self.classifier.submit(msg.item, msg.attempt)
-            if analysis is not None:
-                self._send(msg.item, analysis, msg.attempt)
+            for d in msg.items:
+                analysis = self.classifier.submit(d.item, d.attempt)
+                if analysis is not None:
+                    self._send(d.item, analysis, d.attempt)
             if self.out.full or self.classifier.saturated():
                 return  # downstream or the model backlog is full: stop reading until it drains
 

@@ -76,11 +76,22 @@ class CycleDone(Message, tag="cycle_done", kw_only=True):
     cycle: int
 
 
-class Deliver(Message, tag="deliver", kw_only=True):
-    """dedupe -> llm: a claimed item, with how many times it has been sent."""
+# Items per Deliver frame, and frames queued on each side of the link. PUSH spreads frames,
+# not items, over the llm instances, so a batch is cut into at least one chunk per instance.
+DELIVER_CHUNK = 100
+DELIVER_HWM = 100
 
+
+class Delivery(msgspec.Struct, kw_only=True):
     item: Item
-    attempt: int
+    attempt: int  # how many times the item has been sent, this time included
+
+
+class Deliver(Message, tag="deliver", kw_only=True):
+    """dedupe -> llm: claimed items. Several share a frame: a frame per item cost the
+    dedupe actor more than claiming the item did."""
+
+    items: Annotated[list[Delivery], msgspec.Meta(min_length=1, max_length=10000)]
 
 
 class Classified(Message, tag="classified", kw_only=True):

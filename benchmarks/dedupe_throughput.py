@@ -51,9 +51,10 @@ class FakeSupervisor:
         self.control = self.ctx.socket(zmq.ROUTER)
         self.control.bind(config.endpoint("control"))
         self.llm = self.ctx.socket(zmq.PULL)
-        self.llm.setsockopt(zmq.RCVHWM, 100_000)
+        self.llm.setsockopt(zmq.RCVHWM, protocol.DELIVER_HWM)  # as the llm actor's inbox
         self.llm.bind(config.instance_endpoint("llm_in", 0))
         self.forwarded = 0
+        self.deliveries = protocol.Codec(protocol.Deliver)
         self.ready = threading.Event()
         self.running = True
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -73,10 +74,10 @@ class FakeSupervisor:
                 else:
                     while True:
                         try:
-                            self.llm.recv(zmq.NOBLOCK)
-                            self.forwarded += 1
+                            frame = self.llm.recv(zmq.NOBLOCK)
                         except zmq.Again:
                             break
+                        self.forwarded += len(self.deliveries.decode(frame).items)
             if self.ready.is_set() and time.monotonic() > next_ping:
                 self.control.send_multipart([self.ident, protocol.encode(protocol.Ping())])
                 next_ping = time.monotonic() + 0.5
