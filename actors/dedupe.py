@@ -9,11 +9,10 @@ import zmq
 
 from actors import protocol
 from actors.base import Actor
-from actors.seen_store import UNSENT_RETRY_S, SqliteSeenStore
+from actors.seen_store import SqliteSeenStore
 
 log = logging.getLogger("catalyst.dedupe")
 
-LEASE_SCAN_MAX_S = 1.0  # expired leases are looked for at least this often
 # Acks are finished in batches: moving rows to the big seen table costs a page per row
 # however few rows a commit carries. A lost buffer is harmless: the items are sent again
 # and the alert journal answers "already delivered".
@@ -44,19 +43,16 @@ class DedupeActor(Actor):
         self.add_reader(self.acks, self._on_acks)
         self.rpc_codec = protocol.Codec(protocol.Claim)
         self.ack_codec = protocol.Codec(protocol.Ack)
-        self.lease_scan_s = min(LEASE_SCAN_MAX_S, d.lease_s / 4)
-        self.next_lease_scan = 0.0  # pending items from before a restart go out at once
         self.next_purge = time.monotonic() + min(60.0, d.purge_interval_s)
         self.acked: dict[str, list[str]] = {"delivered": [], "filtered": []}
         self.next_ack_flush = 0.0
-        restored = self.store.expire_all_leases()
-        if restored:
-            log.info("%d pending items from an earlier run will be sent again", restored)
+        if self.store.pending_count():
+            log.info("%d pending items from an earlier run will be sent again",
+                     self.store.pending_count())
 
-    def _forward(self, batch: list[tuple[protocol.Item, int]]) -> None:
-        """Sends items on to the llm inbox in chunks, spread over its instances."""
-        if not batch:
-            return
+    def _forward(self, batch: list[tuple[protocol.Item, int]]) -> list[str]:
+        """Sends items on to the llm inbox in chunks, spread over its instances; returns
+        the keys it could not send (the store retries them soon)."""
         size = max(1, min(protocol.DELIVER_CHUNK, -(-len(batch) // self.llm_instances)))
         for start in range(0, len(batch), size):
             chunk = batch[start:start + size]
@@ -64,17 +60,16 @@ class DedupeActor(Actor):
                 items=[protocol.Delivery(item=item, attempt=attempt) for item, attempt in chunk]))
             try:
                 self.deliver.send(frame, zmq.NOBLOCK)
-            except zmq.Again:  # the llm inbox is not there yet (starting, restarting): soon again
+            except zmq.Again:  # the llm inbox is not there yet (starting, restarting)
                 unsent = [item.key for item, _ in batch[start:]]
                 self.counters["forward_deferred"] += len(unsent)
                 self.store.unsent(unsent)
-                self.next_lease_scan = min(self.next_lease_scan,
-                                           time.monotonic() + UNSENT_RETRY_S)
-                return
+                return unsent
+        return []
 
     def _on_claims(self) -> None:
-        # Group commit: claims that queued up together share one transaction, so an index
-        # page touched by several of them is written once.
+        # Group commit: claims that queued up together share one transaction, so the
+        # ledger's last page, which all of them touch, is written once.
         group: list[tuple[list[bytes], protocol.Claim]] = []
         size = 0
         for envelope, claim in self.recv_messages(self.rpc, self.rpc_codec):
@@ -119,11 +114,13 @@ class DedupeActor(Actor):
                        f"{self.config.dedupe.max_attempts} attempts", reason="max_attempts",
                        level="error")
         if due.resend:
-            self.counters["redelivered"] += len(due.resend)
-            self._forward([(r.item, r.attempt) for r in due.resend])
+            unsent = set(self._forward([(r.item, r.attempt) for r in due.resend]))
+            sent = [r.item.key for r in due.resend if r.item.key not in unsent]
+            self.store.sent(sent)
+            self.counters["redelivered"] += len(sent)
 
     def next_deadline(self, now: float) -> float:
-        deadline = min(self.next_lease_scan, self.next_purge, now + self.heartbeat_interval)
+        deadline = min(self.store.next_due(), self.next_purge, now + self.heartbeat_interval)
         if any(self.acked.values()):
             deadline = min(deadline, self.next_ack_flush)
         return deadline
@@ -131,9 +128,8 @@ class DedupeActor(Actor):
     def tick(self, now: float) -> None:
         if now >= self.next_ack_flush and any(self.acked.values()):
             self._flush_acks()
-        if now >= self.next_lease_scan:
+        if now >= self.store.next_due():
             self._scan_leases()
-            self.next_lease_scan = now + self.lease_scan_s
         if now >= self.next_purge:
             purged = self.store.purge()
             self.counters["purged"] += purged

@@ -6,6 +6,7 @@ import collections
 import multiprocessing
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -143,25 +144,81 @@ def test_a_failed_commit_leaves_memory_and_file_agreeing(tmp_path):
     assert [i.key for i in store.claim([item("w"), item("x")])] == ["w", "x"]
 
 
+class Clock:
+    def __init__(self, t: float = 1000.0):
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
 def test_expired_leases_are_resent_then_dead_lettered(tmp_path):
-    store = open_store(tmp_path / "seen.db", lease_s=10, max_attempts=2)
-    store.claim([item("a"), item("b")], now=1000.0)
+    clock = Clock()
+    store = open_store(tmp_path / "seen.db", lease_s=10, max_attempts=2, clock=clock)
+    store.claim([item("a"), item("b")])
     store.finish(["b"], "delivered")
-    due = store.due(now=1011.0)
+    assert store.next_due() == 1010.0
+    clock.t = 1009.0
+    assert store.due().resend == []
+    clock.t = 1011.0
+    due = store.due()
     assert [(r.item.key, r.attempt) for r in due.resend] == [("a", 2)]
-    due = store.due(now=1022.0)
+    store.sent(["a"])
+    assert store.next_due() == 1021.0
+    clock.t = 1022.0
+    due = store.due()
     assert due.resend == [] and [i.key for i in due.dead] == ["a"]
-    assert store.pending_count() == 0
+    assert store.pending_count() == 0 and store.next_due() == float("inf")
     assert store.counts()["dead"] == 1
 
 
-def test_pending_items_survive_a_restart_of_the_store(tmp_path):
+def test_a_send_the_next_stage_refused_is_retried_soon_and_not_counted(tmp_path):
+    clock = Clock()
+    store = open_store(tmp_path / "seen.db", lease_s=60, max_attempts=2, clock=clock)
+    store.claim([item("a")])
+    store.unsent(["a"])  # the llm inbox was not there
+    assert store.next_due() == pytest.approx(1000.1)
+    for _ in range(5):  # however often it is refused, no attempt is used up
+        clock.t += 1
+        due = store.due()
+        assert [(r.item.key, r.attempt) for r in due.resend] == [("a", 1)] and not due.dead
+        store.unsent(["a"])
+    clock.t += 1
+    store.due()
+    store.sent(["a"])
+    clock.t += 61
+    assert [(r.item.key, r.attempt) for r in store.due().resend] == [("a", 2)]
+    store.sent(["a"])
+    store.close()
+    # The file holds the count of accepted sends: out of attempts after a restart too.
+    store = open_store(tmp_path / "seen.db", lease_s=60, max_attempts=2, clock=clock)
+    assert [i.key for i in store.due().dead] == ["a"]
+
+
+def test_pending_items_survive_a_restart_of_the_store_and_are_due_at_once(tmp_path):
     store = open_store(tmp_path / "seen.db")
     store.claim([item("a"), item("b")])
     store.close()
     store = open_store(tmp_path / "seen.db")
-    assert store.expire_all_leases() == 2
-    assert sorted(r.item.key for r in store.due().resend) == ["a", "b"]
+    assert store.pending_count() == 2 and store.next_due() <= time.monotonic()
+    assert sorted((r.item.key, r.attempt) for r in store.due().resend) == [("a", 2), ("b", 2)]
+
+
+def test_a_file_from_before_leases_moved_to_memory_still_opens(tmp_path):
+    path = tmp_path / "seen.db"
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE ledger (seq INTEGER PRIMARY KEY, hh BLOB NOT NULL, key TEXT NOT NULL,
+            state INTEGER NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, lease_until REAL,
+            seen_at REAL NOT NULL, payload BLOB);
+        CREATE INDEX ledger_pending ON ledger(lease_until) WHERE state = 1;""")
+    db.close()
+    store = open_store(path)
+    assert [i.key for i in store.claim([item("a")])] == ["a"]
+    assert store.db.execute("SELECT count(*) FROM sqlite_master WHERE type = 'index'"
+                            ).fetchone()[0] == 0
+    store.close()
+    assert open_store(path).pending_count() == 1
 
 
 def test_ttl_purge_forgets_finished_keys_but_never_pending_ones(tmp_path):
