@@ -129,6 +129,9 @@ class Actor:
         self.heartbeat_interval = sup.heartbeat_interval_s
         self.heartbeat_timeout = sup.heartbeat_timeout_s
         self.last_ping = time.monotonic()
+        self.busy_poll_s = 0.0  # see _wait(); kinds on a request's critical path set it
+        self._burst = False
+        self._arrival = self._input_done = float("-inf")
         self._control_codec = protocol.Codec(protocol.Ping, protocol.Command)
         self.control = self.ctx.socket(zmq.DEALER)
         self.control.setsockopt(zmq.IDENTITY, self.name.encode())
@@ -300,15 +303,46 @@ class Actor:
             self._poller, self._poller_shape = poller, shape
         return self._poller
 
+    def _wait(self, poller: zmq.Poller, timeout_s: float) -> list:
+        """poller.poll, but in a burst of input spin on poll(0) for up to busy_poll_s
+        first (Aeron's backoff idle strategy, the kernel's busy_poll): on this machine a
+        process woken from sleep ran a one-key claim in 38 us instead of 15, and its round
+        trip took 150-180 us instead of 100. Input is a burst when it came within
+        busy_poll_s of the last; so an idle actor never spins, nor does one that gets
+        a message now and then, and a burst ends with at most one wasted spin."""
+        if self._burst:
+            until = time.perf_counter() + min(self.busy_poll_s, timeout_s)
+            while True:
+                events = poller.poll(0)
+                if events:
+                    self._arrival = time.perf_counter()
+                    return events
+                if time.perf_counter() >= until:
+                    break
+            self._burst = False
+            timeout_s -= self.busy_poll_s
+            if timeout_s <= 0:
+                return []
+        events = poller.poll(int(timeout_s * 1000) + 1)
+        self._arrival = time.perf_counter()
+        return events
+
+    def _input_handled(self) -> None:
+        done = time.perf_counter()
+        self._burst = self._arrival - self._input_done <= self.busy_poll_s
+        self._input_done = done
+
     def _loop(self) -> int:
         while True:
             now = time.monotonic()
             deadline = min(self.next_heartbeat, self.next_deadline(now))
             poller = self._poller_for(self.input_paused())
-            timeout_ms = max(0, int((deadline - now) * 1000) + 1)
-            for sock, event in poller.poll(timeout_ms):
+            events = self._wait(poller, deadline - now)
+            for sock, event in events:
                 if event & zmq.POLLIN:
                     self.readers[sock]()
+            if events:
+                self._input_handled()
             for box in self.outboxes:
                 box.flush()
             now = time.monotonic()

@@ -39,6 +39,7 @@ class DedupeActor(Actor):
                                for i in range(cfg.actors.llm.instances)],
             hwm=protocol.DELIVER_HWM)
         self.llm_instances = cfg.actors.llm.instances
+        self.busy_poll_s = d.busy_poll_us / 1e6  # fetchers wait on our answer
         self.add_reader(self.rpc, self._on_claims)
         self.add_reader(self.acks, self._on_acks)
         self.rpc_codec = protocol.Codec(protocol.Claim)

@@ -75,6 +75,7 @@ class DedupeConfig:
     max_attempts: int = setting(5, ge=1)
     purge_interval_s: float = setting(3600.0, gt=0)
     redeliver_batch: int = setting(500, ge=1)
+    busy_poll_us: float = setting(200.0, ge=0, le=10_000)
     sqlite: SqliteConfig = setting(factory=SqliteConfig)
 
 

@@ -1,0 +1,56 @@
+"""Busy polling: the dedupe actor spins between claims of a burst, and sleeps when idle.
+
+How much it gains is a benchmark's business (benchmarks/dedupe_throughput.py); what a
+test can hold it to is the cost: an actor with nothing to do must not burn a core.
+"""
+
+from __future__ import annotations
+
+import time
+
+import psutil
+import zmq
+
+from actors import protocol
+from supervisor.config import load_config
+from tests.conftest import base_config, wait_for
+
+IDLE_WINDOW_S = 2.0
+IDLE_CPU_SHARE = 0.15  # a spinning actor would use ~1.0 of this window
+
+
+def cpu_share(proc: psutil.Process, window_s: float) -> float:
+    before = sum(proc.cpu_times()[:2])
+    time.sleep(window_s)  # measuring over a window, not waiting for a condition
+    return (sum(proc.cpu_times()[:2]) - before) / window_s
+
+
+def test_the_dedupe_actor_spins_only_while_claims_come_in_bursts(run_supervisor, workdir):
+    # A long spin (10 ms, the most allowed) makes a spin that never ends easy to see.
+    cfg = base_config(workdir, [], actors={"fetcher": {"instances": 0}},
+                      dedupe={"busy_poll_us": 10_000})
+    running = run_supervisor(cfg)
+    wait_for(running.all_running, 30, message="actors running")
+    dedupe = psutil.Process(running.actor("dedupe-0")["pid"])
+    assert cpu_share(dedupe, IDLE_WINDOW_S) < IDLE_CPU_SHARE, "idle before any claim"
+
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(load_config(running.config_path).endpoint("dedupe_rpc"))
+    codec = protocol.Codec(protocol.Claimed)
+    try:
+        for i in range(500):  # back to back: a burst, so the actor spins between them
+            item = protocol.Item(key=f"burst-{i}", title="t", link="l", source="s", kind="pr")
+            sock.send(protocol.encode(protocol.Claim(req_id=i, items=[item])))
+            reply = codec.decode(sock.recv())
+            assert reply.req_id == i and reply.new == [f"burst-{i}"]
+    finally:
+        sock.close()
+        ctx.term()
+    # Then the acks of those items come back; once they are in, the actor is idle again.
+    wait_for(lambda: len(running.alerts()) >= 500, 60, message="the burst alerted")
+    wait_for(lambda: running.actor("dedupe-0")["stats"].get("pending") == 0, 30,
+             message="every item acknowledged")
+    assert cpu_share(dedupe, IDLE_WINDOW_S) < IDLE_CPU_SHARE, "idle after the burst"
