@@ -1,10 +1,14 @@
 """Claims per second through the dedupe actor over ZeroMQ, against the old design.
 
 The dedupe actor runs as its own process (the real DedupeActor, started the way the
-supervisor starts it) with this script standing in for the supervisor's control socket
-and for the llm actor's inbox (drained, so forwarding is counted but classifying is not).
+supervisor starts it); a helper process stands in for the supervisor's control socket and
+for the llm actor's inbox (drained, so forwarding is counted but classifying is not), and
+this script is the fetcher, pipelining claim batches over the dedupe RPC socket.
 The baseline, in this same run, is the old bot's store: one sqlite3 connection behind a
 threading.Lock, is_seen (SELECT) then mark_seen (INSERT + COMMIT) per key.
+
+The one-key round trip is measured twice, each against a fresh actor: as configured by
+default, and with dedupe.busy_poll_us=0 (the actor sleeps as soon as it is idle).
 
     python benchmarks/dedupe_throughput.py [--keys 200000] [--batch 500]
 """
@@ -12,7 +16,6 @@ threading.Lock, is_seen (SELECT) then mark_seen (INSERT + COMMIT) per key.
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
 import statistics
 import sys
@@ -43,92 +46,126 @@ def make_items(keys: list[str]) -> list[protocol.Item]:
                           source="bench", kind="pr") for k in keys]
 
 
-class FakeSupervisor:
-    """Pings the actor and drains what it forwards, so it runs as under the real one."""
-
-    def __init__(self, config):
-        self.ctx = zmq.Context()
-        self.control = self.ctx.socket(zmq.ROUTER)
-        self.control.bind(config.endpoint("control"))
-        self.llm = self.ctx.socket(zmq.PULL)
-        self.llm.setsockopt(zmq.RCVHWM, protocol.DELIVER_HWM)  # as the llm actor's inbox
-        self.llm.bind(config.instance_endpoint("llm_in", 0))
-        self.forwarded = 0
-        self.deliveries = protocol.Codec(protocol.Deliver)
-        self.ready = threading.Event()
-        self.running = True
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _loop(self) -> None:
-        poller = zmq.Poller()
-        poller.register(self.control, zmq.POLLIN)
-        poller.register(self.llm, zmq.POLLIN)
-        next_ping = 0.0
-        while self.running:
-            for sock, _ in poller.poll(100):
-                if sock is self.control:
-                    ident, _frame = self.control.recv_multipart()
-                    self.ident = ident
-                    self.ready.set()
-                else:
-                    while True:
-                        try:
-                            frame = self.llm.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
-                        self.forwarded += len(self.deliveries.decode(frame).items)
-            if self.ready.is_set() and time.monotonic() > next_ping:
-                self.control.send_multipart([self.ident, protocol.encode(protocol.Ping())])
-                next_ping = time.monotonic() + 0.5
-
-    def stop_actor(self) -> None:
-        self.control.send_multipart([self.ident, protocol.encode(protocol.Command(command="stop"))])
-
-    def close(self) -> None:
-        self.running = False
-        self.thread.join(5)
-        self.ctx.destroy(linger=0)
-
-
-def bench_actor(config, keys: list[str], batch: int, roundtrips: int) -> dict:
+def stand_in(config, pipe) -> None:
+    """The supervisor's control socket and the llm inbox, in a process of their own as in
+    a real run: pings the actor, drains and counts what it forwards, stops it when told."""
     ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.RCVTIMEO, 30_000)
-    sock.connect(config.endpoint("dedupe_rpc"))
-    codec = protocol.Codec(protocol.Claimed)
+    control = ctx.socket(zmq.ROUTER)
+    control.bind(config.endpoint("control"))
+    llm = ctx.socket(zmq.PULL)
+    llm.setsockopt(zmq.RCVHWM, protocol.DELIVER_HWM)  # as the llm actor's inbox
+    llm.bind(config.instance_endpoint("llm_in", 0))
+    deliveries = protocol.Codec(protocol.Deliver)
+    poller = zmq.Poller()
+    for sock in (control, llm):
+        poller.register(sock, zmq.POLLIN)
+    poller.register(pipe.fileno(), zmq.POLLIN)
+    ident, forwarded, next_ping = None, 0, 0.0
+    while True:
+        for sock, _ in poller.poll(100):
+            if sock is control:
+                frames = control.recv_multipart()
+                if ident is None:
+                    ident = frames[0]
+                    pipe.send("ready")
+            elif sock is llm:
+                forwarded += len(deliveries.decode(llm.recv()).items)
+            else:
+                command = pipe.recv()
+                if command == "forwarded":
+                    pipe.send(forwarded)
+                elif command == "stop":
+                    control.send_multipart([ident, protocol.encode(protocol.Command(command="stop"))])
+                elif command == "exit":
+                    ctx.destroy(linger=0)
+                    return
+        if ident is not None and time.monotonic() > next_ping:
+            control.send_multipart([ident, protocol.encode(protocol.Ping())])
+            next_ping = time.monotonic() + 0.5
+
+
+class DedupeUnderTest:
+    """A real dedupe actor process and its stand-in peers, in a fresh data directory."""
+
+    def __init__(self, root: str, busy_poll_us: float | None = None):
+        dedupe = {} if busy_poll_us is None else {"busy_poll_us": busy_poll_us}
+        self.config = config_from_dict({"run_dir": f"{root}/run", "data_dir": f"{root}/data",
+                                        "supervisor": {"heartbeat_timeout_s": 30},
+                                        "dedupe": dedupe})
+        Path(self.config.path(self.config.run_dir)).mkdir(parents=True)
+        ctx = multiprocess.get_context("forkserver")
+        self.pipe, child_pipe = ctx.Pipe()
+        self.helper = ctx.Process(target=stand_in, args=(self.config, child_pipe), daemon=True)
+        self.helper.start()
+        spec = ActorSpec(name="dedupe-0", kind="dedupe", index=0, config=self.config,
+                         supervisor_pid=self.helper.pid)
+        self.proc = ctx.Process(target=actor_main, args=(spec,))
+        self.proc.start()
+        if not self.pipe.poll(30) or self.pipe.recv() != "ready":
+            raise SystemExit("the dedupe actor did not start")
+        self.zctx = zmq.Context()
+        self.sock = self.zctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.RCVTIMEO, 30_000)
+        self.sock.connect(self.config.endpoint("dedupe_rpc"))
+        self.codec = protocol.Codec(protocol.Claimed)
+        self.claimed = 0
+        # Warm up: a first claim opens pages and connections.
+        self.roundtrip(protocol.encode(protocol.Claim(items=make_items(["warm-up-key"]))))
+
+    def roundtrip(self, frame: bytes) -> protocol.Claimed:
+        self.sock.send(frame)
+        self.claimed += 1
+        return self.codec.decode(self.sock.recv())
+
+    def forwarded(self) -> int:
+        self.pipe.send("forwarded")
+        return self.pipe.recv()
+
+    def close(self, expect_forwarded: int) -> int:
+        """Waits until the llm stand-in got expect_forwarded items, then stops all."""
+        deadline = time.monotonic() + 30
+        while (forwarded := self.forwarded()) < expect_forwarded and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.sock.close()
+        self.zctx.destroy(linger=0)
+        self.pipe.send("stop")
+        self.proc.join(30)
+        self.pipe.send("exit")
+        self.helper.join(10)
+        return forwarded
+
+
+def bench_batches(actor: DedupeUnderTest, keys: list[str], batch: int) -> dict:
+    """Claims of `batch` new keys, IN_FLIGHT of them pipelined."""
     frames = [protocol.encode(protocol.Claim(req_id=i + 1, items=make_items(keys[s:s + batch])))
               for i, s in enumerate(range(0, len(keys), batch))]
-    # Warm up: a first claim opens pages and connections.
-    sock.send(protocol.encode(protocol.Claim(req_id=0, items=make_items(["warm-up-key"]))))
-    codec.decode(sock.recv())
     new = 0
     sent = 0
     t0 = time.perf_counter()
     while sent < min(IN_FLIGHT, len(frames)):
-        sock.send(frames[sent])
+        actor.sock.send(frames[sent])
         sent += 1
     for _ in range(len(frames)):
-        reply = codec.decode(sock.recv())
+        reply = actor.codec.decode(actor.sock.recv())
         new += len(reply.new)
         if sent < len(frames):
-            sock.send(frames[sent])
+            actor.sock.send(frames[sent])
             sent += 1
     elapsed = time.perf_counter() - t0
-    # One-key round trips, each a new key (a claim that writes).
+    return {"claims_per_s": len(keys) / elapsed, "new": new, "elapsed_s": elapsed}
+
+
+def bench_roundtrips(actor: DedupeUnderTest, n: int) -> dict:
+    """One-key claims one after the other, each a new key (a claim that writes)."""
     rtts = []
-    for i in range(roundtrips):
-        frame = protocol.encode(protocol.Claim(req_id=10**6 + i,
-                                               items=make_items([f"rtt-{i:036d}"])))
+    for i in range(n):
+        frame = protocol.encode(protocol.Claim(req_id=i, items=make_items([f"rtt-{i:036d}"])))
         t = time.perf_counter()
-        sock.send(frame)
-        codec.decode(sock.recv())
+        reply = actor.roundtrip(frame)
         rtts.append(time.perf_counter() - t)
-    sock.close()
-    ctx.destroy(linger=0)
-    return {"claims_per_s": len(keys) / elapsed, "new": new, "elapsed_s": elapsed,
-            "roundtrip_p50_us": statistics.median(rtts) * 1e6,
-            "roundtrip_p99_us": statistics.quantiles(rtts, n=100)[98] * 1e6}
+        assert len(reply.new) == 1
+    q = statistics.quantiles(rtts, n=100)
+    return {"p50_us": q[49] * 1e6, "p90_us": q[89] * 1e6, "p99_us": q[98] * 1e6}
 
 
 class OldSeenStore:
@@ -168,30 +205,22 @@ def main() -> int:
     parser.add_argument("--keys", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500)
     parser.add_argument("--baseline-keys", type=int, default=60_000)
-    parser.add_argument("--roundtrips", type=int, default=2000)
+    parser.add_argument("--roundtrips", type=int, default=3000)
     args = parser.parse_args()
+    rtt = {}
     with tempfile.TemporaryDirectory(prefix="cs-bench-") as d:
-        config = config_from_dict({"run_dir": f"{d}/run", "data_dir": f"{d}/data",
-                                   "supervisor": {"heartbeat_timeout_s": 30}})
-        Path(config.path(config.run_dir)).mkdir(parents=True)
-        fake = FakeSupervisor(config)
-        ctx = multiprocess.get_context("forkserver")
-        spec = ActorSpec(name="dedupe-0", kind="dedupe", index=0, config=config,
-                         supervisor_pid=os.getpid())
-        proc = ctx.Process(target=actor_main, args=(spec,))
-        proc.start()
-        if not fake.ready.wait(30):
-            raise SystemExit("the dedupe actor did not start")
-        ours = bench_actor(config, make_keys(args.keys, "ours"), args.batch, args.roundtrips)
-        deadline = time.monotonic() + 30
-        expected = ours["new"] + args.roundtrips + 1  # the batches, the round trips, warm-up
-        while fake.forwarded < expected and time.monotonic() < deadline:
-            time.sleep(0.05)
-        fake.stop_actor()
-        proc.join(30)
-        fake.close()
+        actor = DedupeUnderTest(f"{d}/a")
+        ours = bench_batches(actor, make_keys(args.keys, "ours"), args.batch)
+        rtt["default"] = bench_roundtrips(actor, args.roundtrips)
+        expected = ours["new"] + actor.claimed  # the batches, the warm-up, the round trips
+        forwarded = actor.close(expected)
+        # The same round trips from an actor that sleeps as soon as it has nothing to do.
+        actor = DedupeUnderTest(f"{d}/b", busy_poll_us=0)
+        rtt["busy_poll_us=0"] = bench_roundtrips(actor, args.roundtrips)
+        actor.close(actor.claimed)
         base = bench_baseline(Path(d) / "old.db", make_keys(args.baseline_keys, "old"))
     assert ours["new"] == args.keys, f"only {ours['new']} of {args.keys} keys were new"
+    assert forwarded == expected, f"the llm stand-in got {forwarded} of {expected} items"
     ratio = ours["claims_per_s"] / base["claims_per_s"]
     rows = [("dedupe actor over ZeroMQ, batch %d" % args.batch, args.keys,
              ours["claims_per_s"], ours["elapsed_s"]),
@@ -200,11 +229,14 @@ def main() -> int:
     print(f"{'store':<50} {'keys':>8} {'claims/s':>10} {'seconds':>8}")
     for name, n, rate, secs in rows:
         print(f"{name:<50} {n:>8} {rate:>10,.0f} {secs:>8.2f}")
-    print(f"forwarded to the llm inbox: {fake.forwarded} of {expected} new keys")
-    print(f"one-key claim round trip: p50 {ours['roundtrip_p50_us']:.0f} us, "
-          f"p99 {ours['roundtrip_p99_us']:.0f} us")
+    print(f"forwarded to the llm inbox: {forwarded} of {expected} new keys")
+    print()
+    print(f"{'one-key claim round trip, ' + str(args.roundtrips) + ' claims':<50} "
+          f"{'p50 us':>8} {'p90 us':>8} {'p99 us':>8}")
+    for name, r in rtt.items():
+        print(f"{name:<50} {r['p50_us']:>8.0f} {r['p90_us']:>8.0f} {r['p99_us']:>8.0f}")
     print(f"RESULT claims_per_s={ours['claims_per_s']:.0f} baseline_per_s={base['claims_per_s']:.0f} "
-          f"ratio={ratio:.2f} roundtrip_p50_us={ours['roundtrip_p50_us']:.0f}")
+          f"ratio={ratio:.2f} roundtrip_p50_us={rtt['default']['p50_us']:.0f}")
     return 0
 
 
