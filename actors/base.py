@@ -323,7 +323,8 @@ class Actor:
             timeout_s -= self.busy_poll_s
             if timeout_s <= 0:
                 return []
-        events = poller.poll(int(timeout_s * 1000) + 1)
+        # A deadline already past must not become a negative timeout: that waits forever.
+        events = poller.poll(max(0, int(timeout_s * 1000) + 1))
         self._arrival = time.perf_counter()
         return events
 

@@ -1,18 +1,20 @@
-"""Busy polling: the dedupe actor spins between claims of a burst, and sleeps when idle.
+"""How the actor loop waits: never past a deadline, spinning only in a burst of input.
 
-How much it gains is a benchmark's business (benchmarks/dedupe_throughput.py); what a
-test can hold it to is the cost: an actor with nothing to do must not burn a core.
+How much busy polling gains is a benchmark's business (benchmarks/dedupe_throughput.py);
+what a test can hold it to is the cost: an actor with nothing to do must not burn a core.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 
 import psutil
 import zmq
 
 from actors import protocol
-from supervisor.config import load_config
+from actors.base import Actor, ActorSpec
+from supervisor.config import config_from_dict, load_config
 from tests.conftest import base_config, wait_for
 
 IDLE_WINDOW_S = 2.0
@@ -23,6 +25,24 @@ def cpu_share(proc: psutil.Process, window_s: float) -> float:
     before = sum(proc.cpu_times()[:2])
     time.sleep(window_s)  # measuring over a window, not waiting for a condition
     return (sum(proc.cpu_times()[:2]) - before) / window_s
+
+
+def test_a_deadline_already_past_does_not_block_the_loop(tmp_path):
+    config = config_from_dict({"run_dir": str(tmp_path), "data_dir": str(tmp_path)})
+    actor = Actor(ActorSpec(name="t-0", kind="t", index=0, config=config, supervisor_pid=0))
+    poller = zmq.Poller()
+    poller.register(actor.control, zmq.POLLIN)  # connected to nobody: nothing will come
+    returned = []
+    for busy_poll_s in (0.0, 0.001):  # sleeping, and at the end of a burst
+        actor.busy_poll_s = busy_poll_s
+        actor._burst = busy_poll_s > 0
+        waiter = threading.Thread(target=lambda: returned.append(actor._wait(poller, -0.5)),
+                                  daemon=True)
+        waiter.start()
+        waiter.join(5)
+        assert not waiter.is_alive(), f"_wait blocked past its deadline ({busy_poll_s=})"
+    assert returned == [[], []]
+    actor.ctx.destroy(linger=0)
 
 
 def test_the_dedupe_actor_spins_only_while_claims_come_in_bursts(run_supervisor, workdir):
