@@ -19,7 +19,7 @@ from typing import Any, Callable, ClassVar
 import zmq
 
 from actors import protocol
-from actors.errors import ProtocolError, StoreLockedError
+from actors.errors import CommandError, ProtocolError, StoreLockedError
 from actors.logsetup import setup_logging
 
 log = logging.getLogger("catalyst.actor")
@@ -249,6 +249,23 @@ class Actor:
                     self.request_stop()
                 elif msg.command == "report":
                     self.heartbeat(token=msg.token)
+                else:
+                    self._answer(msg)
+
+    def _answer(self, msg: protocol.Command) -> None:
+        try:
+            answer = protocol.Answer(token=msg.token, ok=True,
+                                     result=self.command(msg.command, msg.args))
+        except CommandError as exc:
+            answer = protocol.Answer(token=msg.token, ok=False, error=str(exc))
+        try:
+            self.control.send(protocol.encode(answer), zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("%s could not answer %s: the supervisor is away", self.name, msg.command)
+
+    def command(self, name: str, args: dict[str, Any]) -> Any:
+        """An operator's command relayed by the supervisor; the result goes back to the CLI."""
+        raise CommandError(f"{self.name} has no command {name!r}")
 
     def _supervisor_gone(self, now: float) -> bool:
         try:

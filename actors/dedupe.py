@@ -9,6 +9,7 @@ import zmq
 
 from actors import protocol
 from actors.base import Actor
+from actors.errors import CommandError
 from actors.seen_store import SqliteSeenStore
 
 log = logging.getLogger("catalyst.dedupe")
@@ -140,6 +141,27 @@ class DedupeActor(Actor):
         if token:  # a drain check: answer with every ack received so far applied
             self._flush_acks()
         super().heartbeat(token)
+
+    def command(self, name: str, args: dict) -> dict:
+        if name != "dead_letters":
+            return super().command(name, args)
+        keys = args.get("replay")  # a list of keys, or "all"
+        if keys is not None:
+            if keys != "all" and not (isinstance(keys, list)
+                                      and all(isinstance(k, str) for k in keys)):
+                raise CommandError('replay takes a list of keys or "all"')
+            replayed = self.store.replay_dead(None if keys == "all" else keys)
+            self.counters["replayed"] += replayed
+            if replayed:
+                self.admin("dead_letters_replayed", f"{replayed} dead letters sent again "
+                           "by an operator, with a fresh count of attempts",
+                           reason="operator", level="info")
+            return {"replayed": replayed}
+        limit = args.get("limit", 100)
+        if not isinstance(limit, int) or limit < 0:
+            raise CommandError("limit must be a whole number >= 0")
+        total, letters = self.store.dead_letters(limit)
+        return {"total": total, "dead_letters": letters}
 
     def idle(self) -> bool:
         return not any(self.acked.values())

@@ -33,3 +33,7 @@ class SinkError(CatalystError):
         self.retry_after = retry_after
         self.permanent = permanent
         super().__init__(message)
+
+
+class CommandError(CatalystError):
+    """An operator's command could not be done (unknown, or bad arguments)."""

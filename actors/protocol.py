@@ -144,10 +144,21 @@ class Ping(Message, tag="ping", kw_only=True):
 
 
 class Command(Message, tag="cmd", kw_only=True):
-    """supervisor -> actor."""
+    """supervisor -> actor. "report" answers with a heartbeat carrying the token; any
+    other command with an Answer carrying it."""
 
-    command: Literal["stop", "report"]
-    token: int = 0  # "report" answers with a heartbeat carrying this token
+    command: Literal["stop", "report", "dead_letters"]
+    token: int = 0
+    args: dict[str, Any] = {}
+
+
+class Answer(Message, tag="answer", kw_only=True):
+    """actor -> supervisor: the outcome of a Command, for the CLI that asked."""
+
+    token: int
+    ok: bool
+    result: Any = None
+    error: str | None = None
 
 
 class AdminEvent(Message, tag="admin", kw_only=True):
@@ -175,7 +186,7 @@ class Reply(Message, tag="rep", kw_only=True):
 
 
 DataMessage = Union[Items, CycleDone, Deliver, Classified, Ack, Claim, Claimed]
-ControlMessage = Union[Heartbeat, Ping, Command, AdminEvent, Request, Reply]
+ControlMessage = Union[Heartbeat, Ping, Command, Answer, AdminEvent, Request, Reply]
 
 _encoder = msgspec.msgpack.Encoder()
 

@@ -278,6 +278,39 @@ class SqliteSeenStore:
             resend.append(Redelivery(_item_decoder.decode(payloads[seq]), lease.attempts))
         return DueResult(resend, [_item_decoder.decode(payloads[seq]) for seq, _ in dead])
 
+    # Dead letters ---------------------------------------------------------
+
+    def dead_letters(self, limit: int = 100) -> tuple[int, list[dict]]:
+        """How many dead letters there are, and the newest `limit` of them."""
+        total = self.db.execute("SELECT count(*) FROM ledger WHERE state = ?", (DEAD,)
+                                ).fetchone()[0]
+        rows = self.db.execute("SELECT attempts, seen_at, payload FROM ledger WHERE state = ? "
+                               "ORDER BY seen_at DESC LIMIT ?", (DEAD, limit)).fetchall()
+        out = []
+        for attempts, died_at, payload in rows:
+            item = _item_decoder.decode(payload)
+            out.append({"key": item.key, "title": item.title, "source": item.source,
+                        "link": item.link, "attempts": attempts, "died_at": died_at})
+        return total, out
+
+    def replay_dead(self, keys: list[str] | None = None) -> int:
+        """Makes dead letters pending again with a fresh count of attempts, due at once
+        (keys None: all of them); returns how many."""
+        rows = self.db.execute("SELECT seq, hh, key FROM ledger WHERE state = ?",
+                               (DEAD,)).fetchall()
+        if keys is not None:
+            wanted = set(keys)
+            rows = [r for r in rows if r[2] in wanted]
+        if rows:
+            with transaction(self.db):
+                self.db.executemany("UPDATE ledger SET state = ?, attempts = 0 WHERE seq = ?",
+                                    [(PENDING, seq) for seq, _, _ in rows])
+            due_at = self.clock() + UNSENT_RETRY_S  # as unsent() does, so retry stays in order
+            for seq, hh, _ in rows:
+                self.pending_rows[hh] = seq
+                self.retry[seq] = _Lease(hh, 0, due_at)
+        return len(rows)
+
     def pending_count(self) -> int:
         return len(self.pending_rows)
 

@@ -1,10 +1,11 @@
-"""catalyst-supervisor: start, demo, status, stop, restart, report, check-config."""
+"""catalyst-supervisor: start, demo, status, stop, restart, dead-letters, report, check-config."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 
 from actors.errors import ConfigError
 from actors.logsetup import setup_logging
@@ -67,6 +68,24 @@ def cmd_restart(args) -> int:
     return 0
 
 
+def cmd_dead_letters(args) -> int:
+    config = _control_config(args)
+    if args.replay_all or args.replay:
+        done = request(config, "dead_letters", {"replay": "all" if args.replay_all else args.replay})
+        print(f"{done['replayed']} dead letters sent again")
+        return 0
+    answer = request(config, "dead_letters", {"limit": args.limit})
+    if args.json:
+        print(json.dumps(answer, indent=2))
+        return 0
+    letters = answer["dead_letters"]
+    print(f"{answer['total']} dead letters" + (f", newest {len(letters)}:" if letters else ""))
+    for d in letters:
+        died = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(d["died_at"]))
+        print(f"  {died}  {d['attempts']} sends  {d['source']}  {d['key']}\n    {d['title'][:100]}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from supervisor.report import render_report
     from supervisor.supervisor import HISTORY_FILE
@@ -112,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("restart", parents=[common], help="restart one actor")
     p.add_argument("name")
     p.set_defaults(fn=cmd_restart)
+    p = sub.add_parser("dead-letters", parents=[common],
+                       help="items that ran out of attempts; list them or send them again")
+    p.add_argument("--limit", type=int, default=20, help="how many to list, newest first")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--replay", nargs="+", metavar="KEY", help="send these again")
+    p.add_argument("--replay-all", action="store_true", help="send every dead letter again")
+    p.set_defaults(fn=cmd_dead_letters)
     p = sub.add_parser("report", parents=[common], help="memory and alert report PNG")
     p.add_argument("-o", "--output", default="catalyst-report.png")
     p.set_defaults(fn=cmd_report)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 import zmq
 
 from actors import protocol
+from actors.errors import CommandError
 
 COMMANDS: dict[str, Callable[[Any, dict], Any]] = {}
 REQUEST_TIMEOUT_S = 5.0
@@ -17,6 +18,13 @@ REQUEST_TIMEOUT_S = 5.0
 
 class ControlError(Exception):
     """The supervisor did not answer, or answered with an error."""
+
+
+class Deferred:
+    """A command's answer comes later, from an actor; the supervisor replies then."""
+
+    def __init__(self, token: int):
+        self.token = token
 
 
 def command(name: str):
@@ -52,19 +60,27 @@ def _restart(sup, args: dict) -> Any:
     return {"restarting": name}
 
 
+@command("dead_letters")
+def _dead_letters(sup, args: dict) -> Deferred:
+    return sup.ask("dedupe", "dead_letters", args)  # the one owner of the SeenStore
+
+
 @command("history")
 def _history(sup, args: dict) -> Any:
     return sup.history()
 
 
-def execute(sup, name: str, args: dict) -> protocol.Reply:
+def execute(sup, name: str, args: dict) -> protocol.Reply | Deferred:
     fn = COMMANDS.get(name)
     if fn is None:
         return protocol.Reply(ok=False, error=f"unknown command {name!r}")
     try:
-        return protocol.Reply(ok=True, result=fn(sup, args))
+        result = fn(sup, args)
     except KeyError as exc:
         return protocol.Reply(ok=False, error=str(exc.args[0]))
+    except CommandError as exc:
+        return protocol.Reply(ok=False, error=str(exc))
+    return result if isinstance(result, Deferred) else protocol.Reply(ok=True, result=result)
 
 
 def request(config, name: str, args: dict | None = None,

@@ -20,7 +20,7 @@ import zmq
 
 from actors import protocol
 from actors.base import EXIT_LOCKED, ActorSpec, actor_main
-from actors.errors import ProtocolError, StoreLockedError
+from actors.errors import CommandError, ProtocolError, StoreLockedError
 from actors.seen_store import FileLock
 from supervisor import control, systemd
 from supervisor.admin import AdminNotifier
@@ -41,6 +41,7 @@ PRELOAD = ["zmq", "msgspec", "psutil", "requests", "feedparser", "cachetools", "
 PRELOAD_GEMINI = ["google.genai", "actors.gemini"]
 EXIT_CLEAN, EXIT_GAVE_UP, EXIT_DRAIN_INCOMPLETE = 0, 1, 4
 HISTORY_FILE = "supervisor-history.json"
+ANSWER_TIMEOUT_S = 3.0  # an actor asked on an operator's behalf; under the CLI's own timeout
 
 
 def _fork_context(gemini: bool):
@@ -72,6 +73,8 @@ class Supervisor:
         self.exit_code = EXIT_CLEAN
         self.stopping_kinds: set[str] = set()
         self.report_token = 0
+        # CLI requests waiting on an actor's Answer: token -> (envelope, deadline).
+        self.awaiting: dict[int, tuple[list[bytes], float]] = {}
         self.admin = AdminNotifier(config)
         self.notifier = systemd.Notifier.from_environment()
         self.metrics_server = None
@@ -100,7 +103,8 @@ class Supervisor:
         self.cli_sock = self.zctx.socket(zmq.ROUTER)
         self.cli_sock.setsockopt(zmq.LINGER, 0)
         self.cli_sock.bind(cfg.endpoint("cli"))
-        self.control_codec = protocol.Codec(protocol.Heartbeat, protocol.AdminEvent)
+        self.control_codec = protocol.Codec(protocol.Heartbeat, protocol.AdminEvent,
+                                            protocol.Answer)
         self.cli_codec = protocol.Codec(protocol.Request)
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
@@ -135,8 +139,9 @@ class Supervisor:
         h.next_leak_check = now + self.sup.leak.window_s * 0.5
         log.info("started %s (pid %d)", h.name, h.pid)
 
-    def send_command(self, h: ActorHandle, command: str, token: int = 0) -> None:
-        frame = protocol.encode(protocol.Command(command=command, token=token))
+    def send_command(self, h: ActorHandle, command: str, token: int = 0,
+                     args: dict | None = None) -> None:
+        frame = protocol.encode(protocol.Command(command=command, token=token, args=args or {}))
         try:
             self.control_sock.send_multipart([h.name.encode(), frame], zmq.NOBLOCK)
         except zmq.ZMQError:
@@ -267,7 +272,9 @@ class Supervisor:
                 log.warning("dropped a bad control message: %s", exc)
                 continue
             h = self.handles.get(ident.decode(errors="replace"))
-            if isinstance(msg, protocol.AdminEvent):
+            if isinstance(msg, protocol.Answer):
+                self._answered(msg)
+            elif isinstance(msg, protocol.AdminEvent):
                 self.admin.event(msg.event, msg.actor, msg.reason, msg.message, level=msg.level,
                                  at=msg.at)
             elif h is not None and h.alive and msg.pid == h.pid:
@@ -287,7 +294,34 @@ class Supervisor:
                 reply = control.execute(self, request.command, request.args)
             except ProtocolError as exc:
                 reply = protocol.Reply(ok=False, error=f"bad request: {exc}")
-            self.cli_sock.send_multipart([*frames[:-1], protocol.encode(reply)])
+            if isinstance(reply, control.Deferred):  # an actor answers; _answered replies
+                self.awaiting[reply.token] = (frames[:-1], time.monotonic() + ANSWER_TIMEOUT_S)
+            else:
+                self.cli_sock.send_multipart([*frames[:-1], protocol.encode(reply)])
+
+    def ask(self, kind: str, command: str, args: dict) -> control.Deferred:
+        """Relays an operator's command to the running actor of a kind."""
+        h = next((h for h in self.handles.values() if h.kind == kind and h.state == "running"),
+                 None)
+        if h is None:
+            raise CommandError(f"no {kind} actor is running to ask")
+        self.report_token += 1
+        self.send_command(h, command, token=self.report_token, args=args)
+        return control.Deferred(self.report_token)
+
+    def _answered(self, answer: protocol.Answer) -> None:
+        waiting = self.awaiting.pop(answer.token, None)
+        if waiting is not None:  # else the CLI was told it timed out
+            reply = protocol.Reply(ok=answer.ok, result=answer.result, error=answer.error)
+            self.cli_sock.send_multipart([*waiting[0], protocol.encode(reply)])
+
+    def _expire_asks(self, now: float) -> None:
+        for token, (envelope, deadline) in list(self.awaiting.items()):
+            if now >= deadline:
+                del self.awaiting[token]
+                reply = protocol.Reply(ok=False, error="the actor did not answer within "
+                                       f"{ANSWER_TIMEOUT_S:.0f} s")
+                self.cli_sock.send_multipart([*envelope, protocol.encode(reply)])
 
     def _ping_all(self) -> None:
         frame = protocol.encode(protocol.Ping())
@@ -330,6 +364,7 @@ class Supervisor:
             self._sample(now)
             self._next_sample = now + self.sup.memory_check_interval_s
         self._check_hangs(now)
+        self._expire_asks(now)
         self._escalate_stops(now)
         self._start_due(now)
 
@@ -337,6 +372,7 @@ class Supervisor:
         now = time.monotonic()
         due = [self._next_ping, self._next_sample]
         due += [h.restart_at for h in self.handles.values() if h.restart_at]
+        due += [deadline for _, deadline in self.awaiting.values()]
         if any(h.stop_sent_at for h in self.handles.values() if h.alive):
             due.append(now + 0.1)
         return max(0.0, min(due) - now)

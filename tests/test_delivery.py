@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import os
 import random
 import signal
@@ -81,7 +82,8 @@ def test_a_corrupt_store_at_start_is_moved_aside_and_service_goes_on(
     assert integrity_ok(workdir / "data" / "seen.db")
 
 
-def test_dead_letters_raise_an_admin_event(wire, run_supervisor, workdir):
+def test_dead_letters_raise_an_admin_event_and_an_operator_can_send_them_again(
+        wire, run_supervisor, workdir):
     feeds = [{"name": "foxtrot", "kind": "pr",
               "url": wire.serve_feed("/f.xml", lambda: make_items("foxtrot", 2))}]
     cfg = base_config(workdir, feeds, dedupe={"lease_s": 0.3, "max_attempts": 2})
@@ -91,8 +93,52 @@ def test_dead_letters_raise_an_admin_event(wire, run_supervisor, workdir):
     dead = wait_for(lambda: [e for e in running.admin_events() if e["event"] == "dead_letter"],
                     30, message="dead letters")
     assert dead[0]["level"] == "error" and "gave up after 2 attempts" in dead[0]["message"]
+
+    def listed() -> dict:
+        out = running.cli("dead-letters", "--json")
+        assert out.returncode == 0, out.stderr
+        return json.loads(out.stdout)
+
+    letters = wait_for(lambda: (d := listed())["total"] == 2 and d, 30, message="2 listed")
+    assert sorted(d["key"] for d in letters["dead_letters"]) == [  # normalised links
+        "https://news.example.com/foxtrot/0", "https://news.example.com/foxtrot/1"]
+    assert all(d["attempts"] == 2 and d["source"] == "foxtrot" for d in letters["dead_letters"])
+    table = running.cli("dead-letters")
+    assert table.returncode == 0 and "2 dead letters" in table.stdout
+
+    # The operator fixes the sink and sends them again: each is delivered once.
+    (workdir / "blocked").unlink()
+    replay = running.cli("dead-letters", "--replay-all")
+    assert replay.returncode == 0 and "2 dead letters sent again" in replay.stdout
+    wait_for(lambda: len(lines(workdir / "blocked" / "alerts.jsonl")) >= 2, 30,
+             message="replayed items delivered")
+    assert listed()["total"] == 0
+    assert [e for e in running.admin_events() if e["event"] == "dead_letters_replayed"]
     running.cli("stop")
     assert running.wait_exit(60) == 0
+    assert_each_alerted_once(lines(workdir / "blocked" / "alerts.jsonl"), 2)
+
+
+def lines(path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_bad_dead_letters_request_gets_a_clear_error(run_supervisor, workdir):
+    running = run_supervisor(base_config(workdir, [], actors={"fetcher": {"instances": 0}}))
+    wait_for(running.all_running, 30, message="actors running")
+    from supervisor.config import load_config
+    from supervisor.control import ControlError, request
+
+    config = load_config(running.config_path, with_secrets=False)
+    with pytest.raises(ControlError, match="list of keys"):
+        request(config, "dead_letters", {"replay": 42})
+    with pytest.raises(ControlError, match="limit"):
+        request(config, "dead_letters", {"limit": "ten"})
+    assert request(config, "dead_letters", {"replay": ["no-such-key"]}) == {"replayed": 0}
+    assert request(config, "dead_letters", {}) == {"total": 0, "dead_letters": []}
+    assert running.actor("dedupe-0")["restarts"] == 0
 
 
 class Killer(threading.Thread):

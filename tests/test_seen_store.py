@@ -172,6 +172,27 @@ def test_expired_leases_are_resent_then_dead_lettered(tmp_path):
     assert store.counts()["dead"] == 1
 
 
+def test_dead_letters_are_listed_and_replayed_with_a_fresh_count(tmp_path):
+    clock = Clock()
+    store = open_store(tmp_path / "seen.db", lease_s=10, max_attempts=1, clock=clock)
+    store.claim([item("a"), item("b"), item("c")])
+    clock.t += 11
+    assert sorted(i.key for i in store.due().dead) == ["a", "b", "c"]
+    total, letters = store.dead_letters(limit=2)
+    assert total == 3 and len(letters) == 2 and letters[0]["attempts"] == 1
+    assert letters[0]["title"].startswith("title ")
+    assert store.replay_dead(["b", "not-dead", "c"]) == 2
+    assert store.pending_count() == 2 and store.dead_letters()[0] == 1
+    assert store.claim([item("b")]) == []  # still seen: a replay is not a new item
+    clock.t += 1
+    assert sorted((r.item.key, r.attempt) for r in store.due().resend) == [("b", 1), ("c", 1)]
+    store.sent(["b", "c"])
+    store.close()
+    store = open_store(tmp_path / "seen.db", lease_s=10, max_attempts=1, clock=clock)
+    assert store.pending_count() == 2  # the replay is in the file
+    assert store.replay_dead() == 1 and store.dead_letters() == (0, [])
+
+
 def test_a_send_the_next_stage_refused_is_retried_soon_and_not_counted(tmp_path):
     clock = Clock()
     store = open_store(tmp_path / "seen.db", lease_s=60, max_attempts=2, clock=clock)
