@@ -219,6 +219,8 @@ class SqliteSeenStore:
     def sent(self, keys: list[str]) -> None:
         """The next stage took these redeliveries: write their count, start a new lease."""
         leases = [(seq, self._unqueue(seq)) for _, seq in self._pending_seqs(keys)]
+        if not leases:  # all refused (the llm is away): no empty transaction every retry
+            return
         with transaction(self.db):
             self.db.executemany("UPDATE ledger SET attempts = ? WHERE seq = ?",
                                 [(lease.attempts, seq) for seq, lease in leases])
