@@ -261,3 +261,75 @@ def test_a_corrupt_store_is_moved_aside_and_replaced(tmp_path):
     aside = list(tmp_path.glob("seen.db.corrupt-*"))
     assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
     assert events and "corrupt" in events[0]
+
+
+def test_random_operations_keep_every_pending_item_in_one_queue_and_the_file_agreeing(tmp_path):
+    """Claims, acks, lease expiries, refused and accepted sends, dead letters, replays and
+    restarts in random order, as the dedupe actor makes them, against a plain model."""
+    import random
+
+    rng = random.Random(7)
+    clock = Clock()
+    path = tmp_path / "seen.db"
+    store = open_store(path, lease_s=5, max_attempts=3, clock=clock)
+    model: dict[str, str] = {}  # key -> pending / finished / dead
+    in_flight: list[str] = []  # handed out by due(), waiting for sent() or unsent()
+    happened: collections.Counter[str] = collections.Counter()
+    for step in range(3000):
+        op = rng.choice(["claim", "claim", "finish", "due", "answer", "time", "replay",
+                         "restart"])
+        if op == "claim":
+            keys = [f"k{rng.randrange(400)}" for _ in range(rng.randrange(1, 6))]
+            new = [i.key for i in store.claim([item(k) for k in keys])]
+            assert new == [k for k in dict.fromkeys(keys) if k not in model], step
+            model.update((k, "pending") for k in new)
+            if new and rng.random() < 0.3:  # the llm inbox refused the first send
+                store.unsent(new)
+        elif op == "finish":
+            keys = rng.sample(sorted(model), min(3, len(model)))
+            expected = sum(model[k] == "pending" for k in keys)
+            assert store.finish(keys, "delivered") == expected, step
+            model.update((k, "finished") for k in keys if model[k] == "pending")
+        elif op == "due" and not in_flight:
+            due = store.due()
+            for dead in due.dead:
+                assert model[dead.key] == "pending", step
+                model[dead.key] = "dead"
+            happened["dead"] += len(due.dead)
+            happened["resent"] += len(due.resend)
+            in_flight = [r.item.key for r in due.resend]
+            assert all(model[k] == "pending" for k in in_flight), step
+            assert all(1 <= r.attempt <= 3 for r in due.resend), step
+        elif op == "answer" and in_flight:
+            refused = [k for k in in_flight if rng.random() < 0.3]
+            store.unsent(refused)
+            store.sent([k for k in in_flight if k not in refused])
+            in_flight = []
+        elif op == "time":
+            clock.t += rng.choice([0.05, 0.2, 1.0, 6.0])
+        elif op == "replay":
+            dead = [k for k, v in model.items() if v == "dead"]
+            if dead:
+                chosen = rng.sample(dead, min(2, len(dead)))
+                assert store.replay_dead(chosen) == len(chosen), step
+                model.update((k, "pending") for k in chosen)
+                happened["replayed"] += len(chosen)
+        elif op == "restart" and not in_flight:
+            store.close()
+            store = open_store(path, lease_s=5, max_attempts=3, clock=clock)
+            happened["restarts"] += 1
+        pending = {k for k, v in model.items() if v == "pending"}
+        assert store.pending_count() == len(pending), step
+        queued = set(store.leased) | set(store.retry)
+        assert len(queued) == len(store.leased) + len(store.retry), f"{step}: in both queues"
+        assert queued == set(store.pending_rows.values()), f"{step}: a pending item unqueued"
+        assert store.dead_letters(0)[0] == sum(v == "dead" for v in model.values()), step
+    assert min(happened[k] for k in ("dead", "resent", "replayed", "restarts")) >= 10, happened
+    # Every pending item is eventually sent again or dead: none is stuck.
+    store.sent(in_flight)
+    for _ in range(10):
+        clock.t += 6
+        due = store.due(limit=10_000)
+        store.sent([r.item.key for r in due.resend])
+    assert store.pending_count() == 0
+    assert store.integrity_check() == "ok"
