@@ -261,19 +261,21 @@ class SqliteSeenStore:
         payloads = dict(self.db.execute(
             f"SELECT seq, payload FROM ledger WHERE seq IN ({','.join('?' * len(picked))})",
             [seq for seq, _ in picked]))
-        dead = [(seq, lease) for seq, lease in picked if lease.attempts >= self.max_attempts]
+        dead, again = [], []
+        for seq, lease in picked:
+            (dead if lease.attempts >= self.max_attempts else again).append((seq, lease))
         if dead:
             wall = time.time()
             with transaction(self.db):
                 # A dead letter keeps its item for inspection; seen_at restarts its TTL.
                 self.db.executemany("UPDATE ledger SET state = ?, seen_at = ? WHERE seq = ?",
                                     [(DEAD, wall, seq) for seq, _ in dead])
-        resend = []
-        for seq, lease in picked:
+        for seq, lease in picked:  # memory follows the file, once written
             self._unqueue(seq)
-            if lease.attempts >= self.max_attempts:
-                del self.pending_rows[lease.hh]
-                continue
+        for _, lease in dead:
+            del self.pending_rows[lease.hh]
+        resend = []
+        for seq, lease in again:
             lease.attempts += 1
             lease.due_at = now + self.lease_s  # not picked again before an answer comes
             self.leased[seq] = lease
