@@ -1,1 +1,73 @@
-"""Actor processes of Catalyst Supervisor: fetcher, dedupe, llm and alert."""
+"""Actor processes of Catalyst Supervisor, and the one table of actor kinds.
+
+The supervisor knows the pipeline only through KINDS: what to start, in which order, what
+the fork server preloads, what a kind is told at spawn, which kind must drain before a stop.
+A new kind is one entry here plus its module (tests add their own kinds the same way).
+
+Public contract of this package for the supervisor (enforced by import-linter, see
+pyproject.toml): this table, ``actors.base.actor_main``, ``actors.protocol``,
+``actors.errors``, ``actors.logsetup``, ``actors.sinks`` (its admin notifier) and
+``actors.storage`` (its single-instance lock). Nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from catalyst_config import Config
+
+__all__ = ["COMMON_PRELOAD", "KINDS", "Kind", "preload_modules"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of actor, as the supervisor sees it."""
+
+    name: str
+    actor_class: str  # "module:Class"
+    start_rank: int  # started in rank order; each rank once the one before heartbeats
+    stop_rank: int  # stopped in rank order; rank 0 (the sources) stops before the drain
+    preload: tuple[str, ...] = ()  # modules the fork server imports for this kind
+    preload_if: Callable[[Config], tuple[str, ...]] | None = None  # more, by configuration
+    holds_ledger: bool = False  # owns the delivery ledger: drained on stop, asked for it
+    counts_cycles: bool = False  # told --cycles N; the run ends when all its instances finish
+    options: dict[str, Any] = field(default_factory=dict)  # static spawn options
+    instances: int = 1  # used when the config has no actors.<name> block
+    max_rss_mb: float = 400.0  # likewise
+
+
+def _gemini_preload(config: Config) -> tuple[str, ...]:
+    return ("google.genai", "actors.classification.gemini") \
+        if config.llm.provider == "gemini" else ()
+
+
+# Stop order: fetchers first (no new items), then the drain, then llm, alert, dedupe last
+# (docs/architecture.md, "Supervision").
+KINDS: tuple[Kind, ...] = (
+    Kind("dedupe", "actors.dedupe:DedupeActor", start_rank=0, stop_rank=3,
+         preload=("actors.dedupe",), holds_ledger=True),
+    Kind("llm", "actors.llm:LLMActor", start_rank=1, stop_rank=1,
+         preload=("actors.llm", "actors.classification"), preload_if=_gemini_preload),
+    Kind("alert", "actors.alert:AlertActor", start_rank=2, stop_rank=2,
+         preload=("matplotlib.figure", "matplotlib.backends.backend_agg", "actors.alert",
+                  "actors.charts.render")),
+    Kind("fetcher", "actors.fetcher:FetcherActor", start_rank=3, stop_rank=0,
+         preload=("requests", "feedparser", "actors.fetcher"), counts_cycles=True),
+)
+
+# What every actor imports, loaded once in the fork server so an actor starts in
+# milliseconds. The config package is there because a child unpickles its config first.
+COMMON_PRELOAD = ("zmq", "msgspec", "psutil", "cachetools", "yaml", "actors.base",
+                  "actors.protocol", "actors.logsetup", "catalyst_config")
+
+
+def preload_modules(config: Config, kinds: tuple[Kind, ...] = KINDS) -> list[str]:
+    """The fork server's preload list for these kinds under this configuration."""
+    modules = list(COMMON_PRELOAD)
+    for kind in kinds:
+        modules += kind.preload
+        if kind.preload_if is not None:
+            modules += kind.preload_if(config)
+    return list(dict.fromkeys(modules))

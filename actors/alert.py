@@ -37,11 +37,11 @@ from dataclasses import dataclass, field
 import zmq
 
 from actors import protocol
-from actors.alert_journal import ALREADY, BUSY, UNSURE, AlertJournal
 from actors.base import Actor
-from actors.chart_maker import ChartMaker
+from actors.charts import ChartMaker
 from actors.errors import SinkError
 from actors.sinks import Sink, SinkWorker, UnavailableSink, build_sink, sink_name
+from actors.sinks.journal import ALREADY, BUSY, UNSURE, AlertJournal
 
 log = logging.getLogger("catalyst.alert")
 
@@ -99,7 +99,6 @@ def alert_record(msg: protocol.Classified, chart: str | None) -> dict:
 
 
 class AlertActor(Actor):
-    kind = "alert"
 
     def setup(self) -> None:
         cfg = self.config
@@ -115,7 +114,7 @@ class AlertActor(Actor):
             if isinstance(sink, UnavailableSink):
                 self._disable(self.lanes[-1], SinkError(sink.reason, permanent=True))
         self.journal = AlertJournal(cfg.path(cfg.data_dir) / "alerts.db",
-                                    sqlite_cfg=cfg.dedupe.sqlite,
+                                    sqlite_cfg=cfg.alerts.sqlite,
                                     ttl_s=cfg.dedupe.ttl_days * 86400.0)
         charts = cfg.alerts.charts
         self.charts = ChartMaker.from_config(cfg) if charts.enabled else None

@@ -2,7 +2,7 @@
 
 An actor is one OS process. It talks to the supervisor over a DEALER on the control
 endpoint (heartbeats and admin events up, pings and commands down) and exits on its own
-when the supervisor is gone (Paranoid Pirate, both ways: invariant 7).
+when the supervisor is gone (Paranoid Pirate, both ways: invariant 7 in docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -14,13 +14,16 @@ import signal
 import socket
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 import zmq
 
 from actors import protocol
 from actors.errors import CommandError, ProtocolError, StoreLockedError
 from actors.logsetup import setup_logging
+
+if TYPE_CHECKING:
+    from catalyst_config import Config
 
 log = logging.getLogger("catalyst.actor")
 
@@ -41,10 +44,10 @@ class ActorSpec:
     name: str
     kind: str
     index: int
-    config: Any  # supervisor.config.Config
+    config: Config
     supervisor_pid: int
+    actor_class: str  # "module:Class", from the kind's entry in actors.KINDS
     options: dict[str, Any] = field(default_factory=dict)
-    actor_class: str | None = None  # "module:Class", for test actors
 
 
 class Waker:
@@ -110,7 +113,6 @@ class Outbox:
 class Actor:
     """Base of every actor kind. Subclasses override the hooks; the loop is here once."""
 
-    kind: ClassVar[str] = "actor"
     data_codec: ClassVar[protocol.Codec | None] = None
 
     def __init__(self, spec: ActorSpec):
@@ -380,14 +382,6 @@ class Actor:
                 return EXIT_OK
 
 
-ACTOR_CLASSES = {
-    "fetcher": "actors.fetcher:FetcherActor",
-    "dedupe": "actors.dedupe:DedupeActor",
-    "llm": "actors.llm:LLMActor",
-    "alert": "actors.alert:AlertActor",
-}
-
-
 def load_class(path: str) -> type[Actor]:
     import importlib
 
@@ -405,7 +399,7 @@ def actor_main(spec: ActorSpec) -> None:
     except ImportError:
         pass
     setup_logging(spec.config)
-    cls = load_class(spec.actor_class or ACTOR_CLASSES[spec.kind])
+    cls = load_class(spec.actor_class)
     actor = cls(spec)
     code = actor.run()
     logging.shutdown()

@@ -23,7 +23,6 @@ GROUP_COMMIT_MAX_ITEMS = 4000  # claims handled in one transaction, at most
 
 
 class DedupeActor(Actor):
-    kind = "dedupe"
 
     def setup(self) -> None:
         cfg = self.config

@@ -39,7 +39,6 @@ def claim_batches(items: list[protocol.Item]):
 
 
 class FetcherActor(Actor):
-    kind = "fetcher"
 
     def setup(self) -> None:
         cfg = self.config

@@ -1,10 +1,11 @@
 """The llm actor: classifies each new item and passes it to the alert actors.
 
-The classifier (actors.classifiers) answers at once or later; answers go out through
+The classifier (actors.classification.base) answers at once or later; answers go out through
 the Outbox as Classified messages, in whatever order they finish. A redelivered item is
-answered from the classifier's cache, at no model cost (invariant 4). While model calls
-are under way the loop keeps turning (heartbeats, commands); while the classifier's
-backlog is full, input pauses and ZeroMQ holds items upstream.
+answered from the classifier's cache, at no model cost (invariant 4 in
+docs/architecture.md). While model calls are under way the loop keeps turning (heartbeats,
+commands); while the classifier's backlog is full, input pauses and ZeroMQ holds items
+upstream.
 """
 
 from __future__ import annotations
@@ -15,13 +16,12 @@ import zmq
 
 from actors import protocol
 from actors.base import Actor
-from actors.classifiers import make_classifier
+from actors.classification import make_classifier
 
 log = logging.getLogger("catalyst.llm")
 
 
 class LLMActor(Actor):
-    kind = "llm"
 
     def setup(self) -> None:
         cfg = self.config

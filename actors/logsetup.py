@@ -1,14 +1,19 @@
 """Logging for every process: one format, and secrets masked before anything is written.
 
-Secrets are masked twice (invariant 8): by the formatter of every line this process
-writes, tracebacks included, and at the record itself for the libraries that log URLs
-(urllib3 at debug), in case someone routes their records to a handler of their own.
+Secrets are masked twice (invariant 8 in docs/architecture.md): by the formatter of every
+line this process writes, tracebacks included, and at the record itself for the libraries
+that log URLs (urllib3 at debug), in case someone routes their records to a handler of their
+own.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from catalyst_config import Config
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s"
 URL_LOGGERS = ("urllib3.connectionpool", "urllib3.util.retry", "urllib3.connection", "requests")
@@ -54,7 +59,7 @@ class RedactingFormatter(logging.Formatter):
         return redact(super().format(record))
 
 
-def setup_logging(config, level: int = logging.INFO) -> None:
+def setup_logging(config: Config, level: int = logging.INFO) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)

@@ -65,21 +65,6 @@ class Message(msgspec.Struct, tag_field="t", kw_only=True, gc=False):
 # Data plane ---------------------------------------------------------------
 
 
-class Items(Message, tag="items", kw_only=True):
-    """fetcher -> dedupe: candidates from one fetch cycle."""
-
-    fetcher: ShortText
-    cycle: int
-    items: Annotated[list[Item], msgspec.Meta(max_length=10000)]
-
-
-class CycleDone(Message, tag="cycle_done", kw_only=True):
-    """fetcher -> dedupe, after the cycle's items: a drain marker (PUSH keeps order)."""
-
-    fetcher: ShortText
-    cycle: int
-
-
 # Items per Deliver frame, and frames queued on each side of the link. PUSH spreads frames,
 # not items, over the llm instances, so a batch is cut into at least one chunk per instance.
 DELIVER_CHUNK = 100
@@ -185,7 +170,7 @@ class Reply(Message, tag="rep", kw_only=True):
     error: str | None = None
 
 
-DataMessage = Union[Items, CycleDone, Deliver, Classified, Ack, Claim, Claimed]
+DataMessage = Union[Deliver, Classified, Ack, Claim, Claimed]
 ControlMessage = Union[Heartbeat, Ping, Command, Answer, AdminEvent, Request, Reply]
 
 _encoder = msgspec.msgpack.Encoder()

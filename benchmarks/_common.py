@@ -182,17 +182,17 @@ class StatusClient:
 class SupervisorProcess:
     """A real supervisor started as its own OS process, in workdir, logging to a file.
 
-    ``extra_actors`` None: ``python -m supervisor.cli start`` (the production entry point);
+    ``extra_kinds`` None: ``python -m supervisor.cli start`` (the production entry point);
     a list: ``python -m tests.supervise CONFIG JSON`` (the real supervisor plus test actors).
     """
 
-    def __init__(self, workdir: Path, cfg: dict, *, extra_actors: list[dict] | None = None,
+    def __init__(self, workdir: Path, cfg: dict, *, extra_kinds: list[dict] | None = None,
                  name: str = "supervisor"):
         import json
 
         import yaml
 
-        from supervisor.config import load_config
+        from catalyst_config import load_config
 
         self.workdir = workdir
         self.config_path = workdir / f"{name}.yaml"
@@ -200,10 +200,10 @@ class SupervisorProcess:
         self.config = load_config(self.config_path)
         self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")
-        if extra_actors is None:
+        if extra_kinds is None:
             args = ["-m", "supervisor.cli", "start", "-c", str(self.config_path)]
         else:
-            args = ["-m", "tests.supervise", str(self.config_path), json.dumps(extra_actors)]
+            args = ["-m", "tests.supervise", str(self.config_path), json.dumps(extra_kinds)]
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         self.proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=self._log,
                                      stderr=subprocess.STDOUT, env=env)
@@ -304,7 +304,6 @@ class GatedLeakyActor(Actor):
     replacement starts right after a sample, and would otherwise cross a fixed time later).
     """
 
-    kind = "test"
 
     def setup(self) -> None:
         opts = self.spec.options

@@ -30,10 +30,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from actors.charts import render_chart, vwap  # noqa: E402
-from actors.discord import DiscordSink  # noqa: E402
-from actors.discord_limits import RateLimits  # noqa: E402
-from actors.prices import HttpReplayProvider, PriceSeries  # noqa: E402
+from actors.charts.prices import HttpReplayProvider, PriceSeries  # noqa: E402
+from actors.charts.render import render_chart, vwap  # noqa: E402
+from actors.sinks.discord import DiscordSink  # noqa: E402
+from actors.sinks.discord.pacing import RateLimits  # noqa: E402
 from supervisor.demo_server import DemoFeedServer, DemoPrices  # noqa: E402
 from tests.fake_discord import FakeDiscord  # noqa: E402
 

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from actors import protocol  # noqa: E402
 from actors.base import ActorSpec, actor_main  # noqa: E402
-from supervisor.config import config_from_dict  # noqa: E402
+from catalyst_config import config_from_dict  # noqa: E402
 
 IN_FLIGHT = 4  # claim batches pipelined, as several fetchers would
 
@@ -98,7 +98,7 @@ class DedupeUnderTest:
         self.helper = ctx.Process(target=stand_in, args=(self.config, child_pipe), daemon=True)
         self.helper.start()
         spec = ActorSpec(name="dedupe-0", kind="dedupe", index=0, config=self.config,
-                         supervisor_pid=self.helper.pid)
+                         supervisor_pid=self.helper.pid, actor_class="actors.dedupe:DedupeActor")
         self.proc = ctx.Process(target=actor_main, args=(spec,))
         self.proc.start()
         if not self.pipe.poll(30) or self.pipe.recv() != "ready":

@@ -25,8 +25,8 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors.feeds import FeedFetcher  # noqa: E402
-from supervisor.config import config_from_dict  # noqa: E402
+from actors.feeds.fetch import FeedFetcher  # noqa: E402
+from catalyst_config import config_from_dict  # noqa: E402
 from tests.hostile_server import HostileServer, Response, rss  # noqa: E402
 
 TARGET_CYCLE_S = 1.0

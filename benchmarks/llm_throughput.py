@@ -37,9 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors.classifiers import make_classifier  # noqa: E402
+from actors.classification import make_classifier  # noqa: E402
 from actors.protocol import Item  # noqa: E402
-from supervisor.config import LLMConfig, Secrets, config_from_dict  # noqa: E402
+from catalyst_config import LLMConfig, Secrets, config_from_dict  # noqa: E402
 
 KINDS = ["Announces FDA Approval of", "to Acquire", "Announces Pricing of Public Offering of",
          "Reports Record Revenue for", "Signs Supply Contract for"]

@@ -23,7 +23,8 @@ and JSONL write done inline in this one process against a fresh wire at the same
     python benchmarks/pipeline_latency.py [--rate 500] [--seconds 20] [--poll 0.1]
 
 Prints a table and a last line ``RESULT rate=.. p50_ms=.. p99_ms=.. ...`` (fetch -> alert).
-Target (DESIGN section 9): fetch-to-alert p99 <= 50 ms at 500 items/s. About 45 s.
+Target (docs/architecture.md, Performance targets): fetch-to-alert p99 <= 50 ms at 500
+items/s. About 45 s.
 """
 
 from __future__ import annotations
@@ -35,17 +36,24 @@ import json
 import sys
 import threading
 import time
-from email.utils import format_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from xml.sax.saxutils import escape
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import (Neighbours, SupervisorProcess, classify_family,  # noqa: E402
-                                cpu_seconds, neighbour_note, percentile, short_tempdir,
-                                wait_for)
+from benchmarks._common import (  # noqa: E402
+    Neighbours,
+    SupervisorProcess,
+    classify_family,
+    cpu_seconds,
+    neighbour_note,
+    percentile,
+    short_tempdir,
+    wait_for,
+)
 from supervisor.demo_server import QuietHTTPServer  # noqa: E402
 
 TARGET_P99_MS = 50.0
@@ -242,11 +250,12 @@ def run_system(workdir: Path, rate: float, seconds: float, poll: float, repeats:
 
 def run_inline(workdir: Path, rate: float, seconds: float, poll: float, repeats: int) -> dict:
     """Fetch, parse, classify and write each item in this one process, in one loop."""
-    from actors import protocol, rules
+    from actors import protocol
     from actors.alert import alert_record
-    from actors.feeds import FeedFetcher
+    from actors.classification import rules
+    from actors.feeds.fetch import FeedFetcher
     from actors.sinks import JsonlSink
-    from supervisor.config import config_from_dict
+    from catalyst_config import config_from_dict
 
     total = int(rate * seconds)
     wire = Wire("inline", rate, total, repeats)

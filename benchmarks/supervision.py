@@ -37,10 +37,10 @@ about 3.5 minutes.
 
 Prints a table and a last line ``RESULT crash_to_ready_p50_s=.. hang_detect_s=..
 leak_detect_s=.. memory_restart_p50_s=.. supervisor_cpu_pct=.. supervisor_rss_mb=..``.
-Targets (DESIGN section 9): crash to ready p50 <= 0.05 s; over-limit RSS to restart
-p50 <= 0.5 s; a 0.2 MB/s leak caught within leak.window_s; hang replaced within
-heartbeat_timeout_s + 0.5 s; supervisor idle <= 0.3 % of a core and <= 40 MB RSS.
-The CPU other processes used meanwhile is printed too: this machine is shared.
+Targets (docs/architecture.md, Performance targets): crash to ready p50 <= 0.05 s;
+over-limit RSS to restart p50 <= 0.5 s; a 0.2 MB/s leak caught within leak.window_s; hang
+replaced within heartbeat_timeout_s + 0.5 s; supervisor idle <= 0.3 % of a core and <= 40 MB
+RSS. The CPU other processes used meanwhile is printed too: this machine is shared.
 """
 
 from __future__ import annotations
@@ -60,9 +60,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import (ROOT, Neighbours, SupervisorProcess,  # noqa: E402
-                                classify_family, cpu_seconds, free_port, neighbour_note,
-                                percentile, short_tempdir, thread_cpu_seconds, wait_for)
+from benchmarks._common import (  # noqa: E402
+    ROOT,
+    Neighbours,
+    SupervisorProcess,
+    classify_family,
+    cpu_seconds,
+    free_port,
+    neighbour_note,
+    percentile,
+    short_tempdir,
+    thread_cpu_seconds,
+    wait_for,
+)
 
 IDLE = "tests.fault_actors:IdleActor"
 LEAKY = "tests.fault_actors:LeakyActor"
@@ -197,8 +207,8 @@ def log_time(line: str) -> float:
 def leak_from_log(text: str) -> tuple[float, float, float | None, str] | None:
     """(drip started, leak detected, replacement started) as wall times, from the log."""
     started = [(log_time(m.group(0)), int(m.group(1))) for m in
-               re.finditer(r"^.{23} .*started drip \(pid (\d+)\)$", text, re.M)]
-    found = re.search(r"^.{23} .*drip RSS grows ([\d.]+) MB/min.*$", text, re.M)
+               re.finditer(r"^.{23} .*started drip-0 \(pid (\d+)\)$", text, re.M)]
+    found = re.search(r"^.{23} .*drip-0 RSS grows ([\d.]+) MB/min.*$", text, re.M)
     if not started or not found:
         return None
     detected = log_time(found.group(0))
@@ -221,17 +231,17 @@ def run_faults(workdir: Path, settings: dict, crashes: int, hangs: int, memory: 
     cfg = base_config(metrics_port=0, memory_check_interval_s=MEMORY_CHECK_S, **settings)
     cfg["actors"] = {"fetcher": {"instances": 0}}
     hb, timeout = settings["heartbeat_interval_s"], settings["heartbeat_timeout_s"]
-    sup = SupervisorProcess(workdir, cfg, extra_actors=extra, name="faults")
+    sup = SupervisorProcess(workdir, cfg, extra_kinds=extra, name="faults")
     try:
         sup.wait_running()
-        crash = kill_trials(sup, "victim", crashes, signal.SIGKILL, hb, 10, "exit", 0.05)
-        hang = kill_trials(sup, "sleepy", hangs, signal.SIGSTOP, hb, timeout + 10, "hang", hb)
+        crash = kill_trials(sup, "victim-0", crashes, signal.SIGKILL, hb, 10, "exit", 0.05)
+        hang = kill_trials(sup, "sleepy-0", hangs, signal.SIGSTOP, hb, timeout + 10, "hang", hb)
         mem_kill, mem_ready = [], []
-        pid = running_pid(sup, "hog")
-        hog_base = sup.actor("hog")[0]["rss_mb"]
+        pid = running_pid(sup, "hog-0")
+        hog_base = sup.actor("hog-0")[0]["rss_mb"]
         gate.touch()
         for _ in range(memory):
-            trial, a = await_replacement(sup, "hog", pid, 0.0, hb, 30)
+            trial, a = await_replacement(sup, "hog-0", pid, 0.0, hb, 30)
             if a["last_restart_reason"] != "memory":
                 raise RuntimeError(f"hog restarted for {a['last_restart_reason']}")
             crossed = {int(p): float(t) for p, t, _ in
@@ -248,10 +258,10 @@ def run_faults(workdir: Path, settings: dict, crashes: int, hangs: int, memory: 
             leak = leak_from_log(sup.log_tail(10**7))
         final = sup.status()
         others = {a["name"]: a["restarts"] for a in final["actors"]
-                  if a["name"] not in ("victim", "sleepy", "hog", "drip")}
+                  if a["name"] not in ("victim-0", "sleepy-0", "hog-0", "drip-0")}
         return {"crash": crash, "hang": hang, "mem_kill": mem_kill, "mem_ready": mem_ready,
                 "hog_base": hog_base, "leak": leak, "others": others,
-                "drip": next(a for a in final["actors"] if a["name"] == "drip")}
+                "drip": next(a for a in final["actors"] if a["name"] == "drip-0")}
     finally:
         sup.stop()
 
@@ -294,7 +304,10 @@ def naive_supervisor(workdir: Path, poll_s: float, rate: float, limit_mb: float)
     RSS is over limit_mb. Runs until its parent or workdir/stop goes."""
     import psutil
 
-    from supervisor.supervisor import PRELOAD
+    from actors import preload_modules
+    from catalyst_config import Config
+
+    preload = preload_modules(Config())  # what the actors' fork server imports
 
     ready, crossings, events = (workdir / "ready.txt", workdir / "crossings.txt",
                                 workdir / "events.txt")
@@ -302,7 +315,7 @@ def naive_supervisor(workdir: Path, poll_s: float, rate: float, limit_mb: float)
 
     def spawn() -> subprocess.Popen:
         return subprocess.Popen([sys.executable, "-c", CHILD, str(ready), str(rate),
-                                 str(limit_mb), str(crossings), str(poll_s), *PRELOAD],
+                                 str(limit_mb), str(crossings), str(poll_s), *preload],
                                 cwd=ROOT)
 
     child = spawn()

@@ -9,7 +9,7 @@ import time
 
 from actors.errors import ConfigError
 from actors.logsetup import setup_logging
-from supervisor.config import default_config_path, load_config
+from catalyst_config import default_config_path, load_config
 from supervisor.control import ControlError, request
 
 EXIT_USAGE = 2

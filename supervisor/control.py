@@ -1,19 +1,28 @@
-"""Control-socket commands, one small function each (as circus's commands/ are).
+"""The operator's control channel: commands, one small function each (as circus's
+commands/ are), the socket the supervisor answers them on, and ``request`` for the CLI.
 
-The supervisor answers them; the CLI sends them with ``request``.
+A command an actor must answer (dead letters live in the dedupe actor's ledger) is relayed:
+the channel keeps the operator's envelope and replies when the actor answers, or with an
+error once ANSWER_TIMEOUT_S has passed.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any, Callable
 
 import zmq
 
 from actors import protocol
-from actors.errors import CommandError
+from actors.errors import CommandError, ProtocolError
+
+log = logging.getLogger("catalyst.supervisor")
 
 COMMANDS: dict[str, Callable[[Any, dict], Any]] = {}
 REQUEST_TIMEOUT_S = 5.0
+ANSWER_TIMEOUT_S = 3.0  # an actor asked on an operator's behalf; under the CLI's own timeout
+REQUESTS_PER_TURN = 100
 
 
 class ControlError(Exception):
@@ -62,7 +71,7 @@ def _restart(sup, args: dict) -> Any:
 
 @command("dead_letters")
 def _dead_letters(sup, args: dict) -> Deferred:
-    return sup.ask("dedupe", "dead_letters", args)  # the one owner of the SeenStore
+    return sup.ask_ledger("dead_letters", args)  # the one owner of the SeenStore
 
 
 @command("history")
@@ -81,6 +90,53 @@ def execute(sup, name: str, args: dict) -> protocol.Reply | Deferred:
     except CommandError as exc:
         return protocol.Reply(ok=False, error=str(exc))
     return result if isinstance(result, Deferred) else protocol.Reply(ok=True, result=result)
+
+
+class ControlChannel:
+    """The supervisor's side of the operator socket (a ROUTER): runs each request's
+    command and replies, now or, for a relayed one, when the actor answers."""
+
+    def __init__(self, sup, sock: zmq.Socket):
+        self.sup = sup
+        self.sock = sock
+        self.codec = protocol.Codec(protocol.Request)
+        # Requests waiting on an actor's Answer: token -> (envelope, deadline).
+        self.awaiting: dict[int, tuple[list[bytes], float]] = {}
+
+    def on_readable(self) -> None:
+        for _ in range(REQUESTS_PER_TURN):
+            try:
+                frames = self.sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                request = self.codec.decode(frames[-1])
+                reply = execute(self.sup, request.command, request.args)
+            except ProtocolError as exc:
+                reply = protocol.Reply(ok=False, error=f"bad request: {exc}")
+            if isinstance(reply, Deferred):  # an actor answers; answered() replies
+                self.awaiting[reply.token] = (frames[:-1], time.monotonic() + ANSWER_TIMEOUT_S)
+            else:
+                self._reply(frames[:-1], reply)
+
+    def answered(self, answer: protocol.Answer) -> None:
+        waiting = self.awaiting.pop(answer.token, None)
+        if waiting is not None:  # else the operator was told it timed out
+            self._reply(waiting[0], protocol.Reply(ok=answer.ok, result=answer.result,
+                                                   error=answer.error))
+
+    def expire(self, now: float) -> None:
+        for token, (envelope, deadline) in list(self.awaiting.items()):
+            if now >= deadline:
+                del self.awaiting[token]
+                self._reply(envelope, protocol.Reply(
+                    ok=False, error=f"the actor did not answer within {ANSWER_TIMEOUT_S:.0f} s"))
+
+    def deadlines(self) -> list[float]:
+        return [deadline for _, deadline in self.awaiting.values()]
+
+    def _reply(self, envelope: list[bytes], reply: protocol.Reply) -> None:
+        self.sock.send_multipart([*envelope, protocol.encode(reply)])
 
 
 def request(config, name: str, args: dict | None = None,

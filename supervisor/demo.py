@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from actors.logsetup import setup_logging
-from supervisor.config import load_config
+from catalyst_config import load_config
 from supervisor.demo_server import DemoFeedServer
 from supervisor.report import item_totals
 from supervisor.supervisor import HISTORY_FILE, run_supervisor

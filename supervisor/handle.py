@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import collections
+import enum
 import signal
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from actors import Kind
 from supervisor.policy import RestartPolicy
 from supervisor.watch import MemoryHistory
 
 REASONS = ("exit", "hang", "memory", "leak", "manual")
+
+
+class ActorState(enum.StrEnum):
+    """Where an actor is in its life (status shows the value)."""
+
+    STARTING = "starting"  # spawned, no heartbeat yet
+    RUNNING = "running"  # heartbeating
+    STOPPING = "stopping"  # asked to stop (or killed) and not yet reaped
+    BACKOFF = "backoff"  # crashed; waits out its restart delay
+    FAILED = "failed"  # gave up: too many restarts in restart.period_s
+    STOPPED = "stopped"  # not running, and not to be restarted
 MARKERS_KEPT = 200
 
 
@@ -29,16 +42,14 @@ def describe_exit(code: int | None) -> str:
 @dataclass
 class ActorHandle:
     name: str
-    kind: str
+    kind: Kind
     index: int
     max_rss_mb: float
     policy: RestartPolicy
     samples_kept: int
-    actor_class: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
     process: Any = None
     pid: int | None = None
-    state: str = "stopped"
+    state: ActorState = ActorState.STOPPED
     started_at: float = 0.0  # monotonic
     last_heartbeat: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
@@ -75,7 +86,7 @@ class ActorHandle:
 
     def status(self, now: float) -> dict[str, Any]:
         return {
-            "name": self.name, "kind": self.kind, "pid": self.pid, "state": self.state,
+            "name": self.name, "kind": self.kind.name, "pid": self.pid, "state": str(self.state),
             "rss_mb": self.rss_mb() if self.alive else None, "max_rss_mb": self.max_rss_mb,
             "restarts": self.restarts, "last_restart_reason": self.last_restart_reason,
             "last_exit": self.last_exit, "uptime_s": self.uptime_s(now),

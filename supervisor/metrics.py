@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-from supervisor.handle import REASONS
+from supervisor.handle import REASONS, ActorState
 
 
 class SupervisorCollector:
@@ -25,7 +25,7 @@ class SupervisorCollector:
         for h in handles:
             if h.alive and h.rss_mb() is not None:
                 rss.add_metric([h.name], h.rss_mb() * 1024 * 1024)
-            up.add_metric([h.name], 1.0 if h.alive and h.state == "running" else 0.0)
+            up.add_metric([h.name], 1.0 if h.alive and h.state == ActorState.RUNNING else 0.0)
             for reason in REASONS:
                 restarts.add_metric([h.name, reason], h.restarts_by_reason.get(reason, 0))
             for key, value in list(h.stats.items()):

@@ -18,72 +18,54 @@ from typing import Any
 import multiprocess
 import zmq
 
-from actors import protocol
+from actors import KINDS, Kind, preload_modules, protocol
 from actors.base import EXIT_LOCKED, ActorSpec, actor_main
 from actors.errors import CommandError, ProtocolError, StoreLockedError
-from actors.seen_store import FileLock
+from actors.storage import FileLock
 from supervisor import control, systemd
 from supervisor.admin import AdminNotifier
-from supervisor.handle import ActorHandle, describe_exit
+from supervisor.handle import ActorHandle, ActorState, describe_exit
 from supervisor.policy import RestartPolicy
 from supervisor.watch import ProcessSampler
 
 log = logging.getLogger("catalyst.supervisor")
 
-START_ORDER = ("dedupe", "llm", "alert", "fetcher")
-# Loaded once in the fork server so an actor starts in milliseconds (DESIGN section 3).
-# The config module is there because a child unpickles its config first thing.
-PRELOAD = ["zmq", "msgspec", "psutil", "requests", "feedparser", "cachetools", "yaml",
-           "matplotlib.figure", "matplotlib.backends.backend_agg",
-           "actors.base", "actors.protocol", "actors.logsetup", "actors.fetcher",
-           "actors.dedupe", "actors.llm", "actors.alert", "actors.charts", "actors.rules",
-           "supervisor.config", "supervisor.control"]
-PRELOAD_GEMINI = ["google.genai", "actors.gemini"]
 EXIT_CLEAN, EXIT_GAVE_UP, EXIT_DRAIN_INCOMPLETE = 0, 1, 4
 HISTORY_FILE = "supervisor-history.json"
-ANSWER_TIMEOUT_S = 3.0  # an actor asked on an operator's behalf; under the CLI's own timeout
-
-
-def _fork_context(gemini: bool):
-    ctx = multiprocess.get_context("forkserver")
-    ctx.set_forkserver_preload(PRELOAD + (PRELOAD_GEMINI if gemini else []))
-    return ctx
 
 
 class Supervisor:
-    def __init__(self, config, *, max_cycles: int | None = None,
-                 extra_actors: list[dict] | None = None):
+    """The arbiter: owns every actor handle and the loop. It knows the pipeline only
+    through the kinds table (actors.KINDS, plus any kinds a caller adds)."""
+
+    def __init__(self, config, *, max_cycles: int | None = None, kinds: tuple[Kind, ...] = KINDS):
         self.config = config
         self.sup = config.supervisor
         self.max_cycles = max_cycles
+        self.kinds = tuple(sorted(kinds, key=lambda k: k.start_rank))
         self.started = time.monotonic()
         self.started_wall = time.time()
-        self.ctx = _fork_context(config.llm.provider == "gemini")
+        # Loaded once in the fork server so an actor starts in milliseconds.
+        self.ctx = multiprocess.get_context("forkserver")
+        self.ctx.set_forkserver_preload(preload_modules(config, self.kinds))
         self.sampler = ProcessSampler()
         self.handles: dict[str, ActorHandle] = {}
-        for kind in START_ORDER:
-            kcfg = getattr(config.actors, kind)
-            for i in range(kcfg.instances):
-                self._add_handle(f"{kind}-{i}", kind, i, kcfg.max_rss_mb)
-        for extra in extra_actors or []:  # test actors: {"name", "class", "max_rss_mb"}
-            self._add_handle(extra["name"], "test", 0, extra.get("max_rss_mb", 400.0),
-                             actor_class=extra["class"], options=extra.get("options", {}))
+        for kind in self.kinds:
+            kcfg = config.actors.get(kind.name)
+            instances = kcfg.instances if kcfg else kind.instances
+            for i in range(instances):
+                self.handles[f"{kind.name}-{i}"] = ActorHandle(
+                    name=f"{kind.name}-{i}", kind=kind, index=i,
+                    max_rss_mb=kcfg.max_rss_mb if kcfg else kind.max_rss_mb,
+                    policy=RestartPolicy(self.sup.restart), samples_kept=self.sup.samples_kept)
         self.shutting_down = False
         self.stop_requested: str | None = None
         self.exit_code = EXIT_CLEAN
         self.stopping_kinds: set[str] = set()
-        self.report_token = 0
-        # CLI requests waiting on an actor's Answer: token -> (envelope, deadline).
-        self.awaiting: dict[int, tuple[list[bytes], float]] = {}
+        self.token = 0  # for commands whose answer (or report heartbeat) we wait on
         self.admin = AdminNotifier(config)
         self.notifier = systemd.Notifier.from_environment()
         self.metrics_server = None
-
-    def _add_handle(self, name, kind, index, max_rss_mb, actor_class=None, options=None):
-        self.handles[name] = ActorHandle(
-            name=name, kind=kind, index=index, max_rss_mb=max_rss_mb,
-            policy=RestartPolicy(self.sup.restart), samples_kept=self.sup.samples_kept,
-            actor_class=actor_class, options=options or {})
 
     # Setup --------------------------------------------------------------
 
@@ -100,12 +82,12 @@ class Supervisor:
         self.control_sock.setsockopt(zmq.LINGER, 0)
         self.control_sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.control_sock.bind(cfg.endpoint("control"))
-        self.cli_sock = self.zctx.socket(zmq.ROUTER)
-        self.cli_sock.setsockopt(zmq.LINGER, 0)
-        self.cli_sock.bind(cfg.endpoint("cli"))
+        cli_sock = self.zctx.socket(zmq.ROUTER)
+        cli_sock.setsockopt(zmq.LINGER, 0)
+        cli_sock.bind(cfg.endpoint("cli"))
+        self.operator = control.ControlChannel(self, cli_sock)
         self.control_codec = protocol.Codec(protocol.Heartbeat, protocol.AdminEvent,
                                             protocol.Answer)
-        self.cli_codec = protocol.Codec(protocol.Request)
         self._wake_r, self._wake_w = socket.socketpair()
         for s in (self._wake_r, self._wake_w):
             s.setblocking(False)
@@ -123,16 +105,17 @@ class Supervisor:
     # Spawning and killing ----------------------------------------------------
 
     def spawn(self, h: ActorHandle) -> None:
-        options = dict(h.options)
-        if h.kind == "fetcher":
+        options = dict(h.kind.options)
+        if h.kind.counts_cycles:
             options["max_cycles"] = self.max_cycles
             options["first_cycle"] = int(h.stats.get("cycles_done", 0)) + 1
-        spec = ActorSpec(name=h.name, kind=h.kind, index=h.index, config=self.config,
-                         supervisor_pid=os.getpid(), options=options, actor_class=h.actor_class)
+        spec = ActorSpec(name=h.name, kind=h.kind.name, index=h.index, config=self.config,
+                         supervisor_pid=os.getpid(), options=options,
+                         actor_class=h.kind.actor_class)
         proc = self.ctx.Process(target=actor_main, args=(spec,), name=h.name)
         proc.start()
         now = time.monotonic()
-        h.process, h.pid, h.state = proc, proc.pid, "starting"
+        h.process, h.pid, h.state = proc, proc.pid, ActorState.STARTING
         h.started_at, h.last_heartbeat = now, now
         h.pending_reason = h.stop_sent_at = h.term_sent_at = h.restart_at = None
         h.memory.clear()
@@ -159,7 +142,7 @@ class Supervisor:
         elif h.stop_sent_at is None:
             self.send_command(h, "stop")
             h.stop_sent_at = now
-        h.state = "stopping"
+        h.state = ActorState.STOPPING
 
     def _escalate_stops(self, now: float) -> None:
         timeout = self.sup.stop_timeout_s
@@ -185,8 +168,8 @@ class Supervisor:
         h.last_exit = describe_exit(code)
         reason = h.pending_reason
         h.pending_reason = None
-        if h.kind in self.stopping_kinds:
-            h.state = "stopped"
+        if h.kind.name in self.stopping_kinds:
+            h.state = ActorState.STOPPED
             log.info("%s stopped (%s)", h.name, h.last_exit)
             return
         if reason is None:
@@ -202,7 +185,7 @@ class Supervisor:
                          f"({h.last_exit})", level="warning")
         decision = h.policy.on_failure(time.monotonic()) if reason != "manual" else None
         if decision and decision.give_up:
-            h.state = "failed"
+            h.state = ActorState.FAILED
             r = self.sup.restart
             msg = (f"{h.name} gave up: more than {r.max_restarts} restarts in "
                    f"{r.period_s:.0f}s (last: {reason}, {h.last_exit})")
@@ -216,7 +199,7 @@ class Supervisor:
         if delay <= 0:
             self.spawn(h)
         else:
-            h.state, h.restart_at = "backoff", time.monotonic() + delay
+            h.state, h.restart_at = ActorState.BACKOFF, time.monotonic() + delay
             log.info("%s restarts in %.2fs", h.name, delay)
 
     # Watching -----------------------------------------------------------
@@ -225,7 +208,7 @@ class Supervisor:
         wall = time.time()
         leak = self.sup.leak
         for h in self.handles.values():
-            if not h.alive or h.state == "stopping":
+            if not h.alive or h.state == ActorState.STOPPING:
                 continue
             rss = self.sampler.rss_mb(h.pid)
             if rss is None:
@@ -245,14 +228,14 @@ class Supervisor:
 
     def _check_hangs(self, now: float) -> None:
         for h in self.handles.values():
-            if h.alive and h.state in ("starting", "running") and \
+            if h.alive and h.state in (ActorState.STARTING, ActorState.RUNNING) and \
                     now - h.last_heartbeat > self.sup.heartbeat_timeout_s:
                 log.error("%s sent no heartbeat for %.1fs: hang", h.name, now - h.last_heartbeat)
                 self.stop_actor(h, "hang", kill=True)  # a stopped process ignores SIGTERM
 
     def _start_due(self, now: float) -> None:
         for h in self.handles.values():
-            if h.state == "backoff" and h.restart_at is not None and now >= h.restart_at \
+            if h.state == ActorState.BACKOFF and h.restart_at is not None and now >= h.restart_at \
                     and not self.shutting_down:
                 self.spawn(h)
 
@@ -273,55 +256,29 @@ class Supervisor:
                 continue
             h = self.handles.get(ident.decode(errors="replace"))
             if isinstance(msg, protocol.Answer):
-                self._answered(msg)
+                self.operator.answered(msg)
             elif isinstance(msg, protocol.AdminEvent):
                 self.admin.event(msg.event, msg.actor, msg.reason, msg.message, level=msg.level,
                                  at=msg.at)
             elif h is not None and h.alive and msg.pid == h.pid:
                 h.last_heartbeat = time.monotonic()
                 h.stats = msg.stats
-                if h.state == "starting":
-                    h.state = "running"
+                if h.state == ActorState.STARTING:
+                    h.state = ActorState.RUNNING
 
-    def _on_cli(self) -> None:
-        for _ in range(100):
-            try:
-                frames = self.cli_sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                request = self.cli_codec.decode(frames[-1])
-                reply = control.execute(self, request.command, request.args)
-            except ProtocolError as exc:
-                reply = protocol.Reply(ok=False, error=f"bad request: {exc}")
-            if isinstance(reply, control.Deferred):  # an actor answers; _answered replies
-                self.awaiting[reply.token] = (frames[:-1], time.monotonic() + ANSWER_TIMEOUT_S)
-            else:
-                self.cli_sock.send_multipart([*frames[:-1], protocol.encode(reply)])
+    def next_token(self) -> int:
+        self.token += 1
+        return self.token
 
-    def ask(self, kind: str, command: str, args: dict) -> control.Deferred:
-        """Relays an operator's command to the running actor of a kind."""
-        h = next((h for h in self.handles.values() if h.kind == kind and h.state == "running"),
-                 None)
+    def ask_ledger(self, command: str, args: dict) -> control.Deferred:
+        """Relays an operator's command to the running actor that holds the ledger."""
+        h = next((h for h in self.handles.values()
+                  if h.kind.holds_ledger and h.state == ActorState.RUNNING), None)
         if h is None:
-            raise CommandError(f"no {kind} actor is running to ask")
-        self.report_token += 1
-        self.send_command(h, command, token=self.report_token, args=args)
-        return control.Deferred(self.report_token)
-
-    def _answered(self, answer: protocol.Answer) -> None:
-        waiting = self.awaiting.pop(answer.token, None)
-        if waiting is not None:  # else the CLI was told it timed out
-            reply = protocol.Reply(ok=answer.ok, result=answer.result, error=answer.error)
-            self.cli_sock.send_multipart([*waiting[0], protocol.encode(reply)])
-
-    def _expire_asks(self, now: float) -> None:
-        for token, (envelope, deadline) in list(self.awaiting.items()):
-            if now >= deadline:
-                del self.awaiting[token]
-                reply = protocol.Reply(ok=False, error="the actor did not answer within "
-                                       f"{ANSWER_TIMEOUT_S:.0f} s")
-                self.cli_sock.send_multipart([*envelope, protocol.encode(reply)])
+            raise CommandError("no actor holding the ledger is running to ask")
+        token = self.next_token()
+        self.send_command(h, command, token=token, args=args)
+        return control.Deferred(token)
 
     def _ping_all(self) -> None:
         frame = protocol.encode(protocol.Ping())
@@ -338,7 +295,7 @@ class Supervisor:
         """One turn: wait for a message, a process exit or the timeout, and handle it."""
         poller = zmq.Poller()
         poller.register(self.control_sock, zmq.POLLIN)
-        poller.register(self.cli_sock, zmq.POLLIN)
+        poller.register(self.operator.sock, zmq.POLLIN)
         poller.register(self._wake_r.fileno(), zmq.POLLIN)  # polled as a plain fd
         sentinels = {h.process.sentinel: h for h in self.handles.values() if h.alive}
         for fd in sentinels:
@@ -346,8 +303,8 @@ class Supervisor:
         for sock, _ in poller.poll(max(0, int(timeout_s * 1000))):
             if sock is self.control_sock:
                 self._on_control()
-            elif sock is self.cli_sock:
-                self._on_cli()
+            elif sock is self.operator.sock:
+                self.operator.on_readable()
             elif sock == self._wake_r.fileno():
                 try:
                     self._wake_r.recv(256)
@@ -364,7 +321,7 @@ class Supervisor:
             self._sample(now)
             self._next_sample = now + self.sup.memory_check_interval_s
         self._check_hangs(now)
-        self._expire_asks(now)
+        self.operator.expire(now)
         self._escalate_stops(now)
         self._start_due(now)
 
@@ -372,7 +329,7 @@ class Supervisor:
         now = time.monotonic()
         due = [self._next_ping, self._next_sample]
         due += [h.restart_at for h in self.handles.values() if h.restart_at]
-        due += [deadline for _, deadline in self.awaiting.values()]
+        due += self.operator.deadlines()
         if any(h.stop_sent_at for h in self.handles.values() if h.alive):
             due.append(now + 0.1)
         return max(0.0, min(due) - now)
@@ -381,12 +338,12 @@ class Supervisor:
         self._open()
         self._next_ping = self._next_sample = time.monotonic()
         try:
-            for kind in START_ORDER + ("test",):
-                self._start_kind(kind)
+            for rank in sorted({k.start_rank for k in self.kinds}):
+                self._start_rank(rank)
             self.notifier.notify("READY=1", f"STATUS=supervising {len(self.handles)} actors")
             while not self.stop_requested:
                 self.pump(min(self._next_timeout(), 1.0))
-                if self.max_cycles is not None and self._fetchers_finished():
+                if self.max_cycles is not None and self._cycles_finished():
                     self.stop_requested = f"{self.max_cycles} cycles done"
             log.info("stopping: %s", self.stop_requested)
             self.notifier.notify("STOPPING=1")
@@ -395,18 +352,18 @@ class Supervisor:
             self._close()
         return self.exit_code
 
-    def _start_kind(self, kind: str) -> None:
-        """Starts a kind and waits for its first heartbeats, so the next kind finds its
-        inboxes bound (a fetcher's first claims then flow straight through)."""
-        batch = [h for h in self.handles.values() if h.kind == kind]
+    def _start_rank(self, rank: int) -> None:
+        """Starts the kinds of a rank and waits for their first heartbeats, so the next
+        rank finds its inboxes bound (a fetcher's first claims then flow straight through)."""
+        batch = [h for h in self.handles.values() if h.kind.start_rank == rank]
         for h in batch:
             self.spawn(h)
-        self._wait(lambda: all(h.state != "starting" for h in batch) or bool(self.stop_requested),
-                   self.sup.heartbeat_timeout_s)
+        self._wait(lambda: all(h.state != ActorState.STARTING for h in batch)
+                   or bool(self.stop_requested), self.sup.heartbeat_timeout_s)
 
-    def _fetchers_finished(self) -> bool:
-        fetchers = [h for h in self.handles.values() if h.kind == "fetcher"]
-        return all(h.stats.get("finished") for h in fetchers if h.state != "failed")
+    def _cycles_finished(self) -> bool:
+        counting = [h for h in self.handles.values() if h.kind.counts_cycles]
+        return all(h.stats.get("finished") for h in counting if h.state != ActorState.FAILED)
 
     # Stopping -----------------------------------------------------------
 
@@ -419,20 +376,20 @@ class Supervisor:
             self.pump(min(remaining, self._next_timeout(), 0.1))
         return True
 
-    def stop_kinds(self, kinds: tuple[str, ...]) -> None:
+    def stop_kinds(self, kinds: set[str]) -> None:
         self.stopping_kinds.update(kinds)
-        targets = [h for h in self.handles.values() if h.kind in kinds]
+        targets = [h for h in self.handles.values() if h.kind.name in kinds]
         for h in targets:
             if h.alive:
                 self.stop_actor(h, None)
-            elif h.state in ("backoff", "starting"):
-                h.state, h.restart_at = "stopped", None
+            elif h.state in (ActorState.BACKOFF, ActorState.STARTING):
+                h.state, h.restart_at = ActorState.STOPPED, None
         # _escalate_stops (in pump) sends SIGTERM, then SIGKILL, so this wait is bounded.
         self._wait(lambda: not any(h.alive for h in targets), 3 * self.sup.stop_timeout_s + 1)
 
     def drain(self) -> int | None:
         """Waits for the ledger to empty; returns how many items are still pending."""
-        dedupe = self.handles.get("dedupe-0")
+        dedupe = next((h for h in self.handles.values() if h.kind.holds_ledger), None)
         if dedupe is None or not dedupe.alive:
             return None
         state: dict[str, Any] = {}
@@ -448,10 +405,9 @@ class Supervisor:
             return False
 
         def ask() -> None:
-            self.report_token += 1
-            state["token"], state["asked"] = self.report_token, time.monotonic()
+            state["token"], state["asked"] = self.next_token(), time.monotonic()
             if dedupe.alive:
-                self.send_command(dedupe, "report", token=self.report_token)
+                self.send_command(dedupe, "report", token=state["token"])
 
         ask()
         if self._wait(drained, self.sup.drain_timeout_s):
@@ -463,17 +419,18 @@ class Supervisor:
 
     def shutdown(self) -> None:
         self.shutting_down = True
-        self.stop_kinds(("fetcher", "test"))
+        ranks = sorted({k.stop_rank for k in self.kinds})
+        self.stop_kinds({k.name for k in self.kinds if k.stop_rank == ranks[0]})  # the sources
         remaining = self.drain()
         if remaining and self.max_cycles is not None and self.exit_code == EXIT_CLEAN:
             self.exit_code = EXIT_DRAIN_INCOMPLETE
-        for kind in ("llm", "alert", "dedupe"):
-            self.stop_kinds((kind,))
+        for rank in ranks[1:]:
+            self.stop_kinds({k.name for k in self.kinds if k.stop_rank == rank})
         self.save_history()
 
     def history(self) -> dict[str, Any]:
         return {"started": self.started_wall, "actors": {
-            h.name: {"kind": h.kind, "max_rss_mb": h.max_rss_mb,
+            h.name: {"kind": h.kind.name, "max_rss_mb": h.max_rss_mb,
                      "timeline": list(h.timeline), "markers": list(h.markers),
                      "stats": h.stats} for h in self.handles.values()},
             "admin": self.admin.recent()}

@@ -10,8 +10,8 @@ import sys
 import tempfile
 import threading
 import time
-from email.utils import format_datetime
 from datetime import datetime, timezone
+from email.utils import format_datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Callable
@@ -121,16 +121,16 @@ class Running:
     """A `catalyst-supervisor start` process and what it writes."""
 
     def __init__(self, workdir: Path, cfg: dict, args: list[str] = (), n: int = 0,
-                 extra_actors: list[dict] | None = None, env: dict | None = None):
+                 extra_kinds: list[dict] | None = None, env: dict | None = None):
         self.workdir = workdir
         self.config_path = workdir / f"config-{n}.yaml"
         self.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
         self.log_path = workdir / f"supervisor-{n}.log"
         self.log = open(self.log_path, "wb")
-        if extra_actors is None:
+        if extra_kinds is None:
             command = ["-m", "supervisor.cli", "start", "-c", str(self.config_path), *args]
         else:  # the real supervisor, with misbehaving test actors beside the real ones
-            command = ["-m", "tests.supervise", str(self.config_path), json.dumps(extra_actors)]
+            command = ["-m", "tests.supervise", str(self.config_path), json.dumps(extra_kinds)]
         self.proc = subprocess.Popen(
             [sys.executable, *command], cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
@@ -141,7 +141,7 @@ class Running:
                               timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
     def status(self) -> dict | None:
-        from supervisor.config import load_config
+        from catalyst_config import load_config
         from supervisor.control import ControlError, request
 
         try:
@@ -219,9 +219,9 @@ def workdir():
 def run_supervisor(workdir):
     started: list[Running] = []
 
-    def start(cfg: dict, *args: str, extra_actors: list[dict] | None = None,
+    def start(cfg: dict, *args: str, extra_kinds: list[dict] | None = None,
               env: dict | None = None) -> Running:
-        r = Running(workdir, cfg, list(args), n=len(started), extra_actors=extra_actors, env=env)
+        r = Running(workdir, cfg, list(args), n=len(started), extra_kinds=extra_kinds, env=env)
         started.append(r)
         return r
 

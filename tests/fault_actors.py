@@ -11,13 +11,11 @@ from actors.base import Actor
 class IdleActor(Actor):
     """Heartbeats and does nothing: a target for SIGSTOP and SIGKILL."""
 
-    kind = "test"
 
 
 class LeakyActor(Actor):
     """Grows its RSS at options["mb_per_s"], touching every page it keeps."""
 
-    kind = "test"
 
     def setup(self) -> None:
         self.hoard: list[bytes] = []
@@ -40,7 +38,6 @@ class LeakyActor(Actor):
 class CrashingActor(Actor):
     """Exits with code 1 options["after_s"] after it starts."""
 
-    kind = "test"
 
     def setup(self) -> None:
         self.crash_at = time.monotonic() + float(self.spec.options.get("after_s", 0.1))

@@ -14,7 +14,7 @@ import zmq
 
 from actors import protocol
 from actors.base import Actor, ActorSpec
-from supervisor.config import config_from_dict, load_config
+from catalyst_config import config_from_dict, load_config
 from tests.conftest import base_config, wait_for
 
 IDLE_WINDOW_S = 2.0
@@ -29,7 +29,8 @@ def cpu_share(proc: psutil.Process, window_s: float) -> float:
 
 def test_a_deadline_already_past_does_not_block_the_loop(tmp_path):
     config = config_from_dict({"run_dir": str(tmp_path), "data_dir": str(tmp_path)})
-    actor = Actor(ActorSpec(name="t-0", kind="t", index=0, config=config, supervisor_pid=0))
+    actor = Actor(ActorSpec(name="t-0", kind="t", index=0, config=config, supervisor_pid=0,
+                            actor_class="actors.base:Actor"))
     poller = zmq.Poller()
     poller.register(actor.control, zmq.POLLIN)  # connected to nobody: nothing will come
     returned = []

@@ -8,10 +8,10 @@ import time
 import pytest
 
 import supervisor.admin as admin_mod
-from actors.discord import DiscordSink
-from actors.discord_limits import RateLimits
+from actors.sinks.discord import DiscordSink
+from actors.sinks.discord.pacing import RateLimits
+from catalyst_config import Secrets, config_from_dict
 from supervisor.admin import AdminNotifier
-from supervisor.config import Secrets, config_from_dict
 from tests.conftest import wait_for
 from tests.fake_discord import FakeDiscord
 

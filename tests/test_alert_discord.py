@@ -76,7 +76,7 @@ def test_a_burst_of_100_alerts_reaches_discord_whole_once_each_in_order(
     feeds = [{"name": "burst", "kind": "pr", "url": wire.serve_feed("/burst.xml", lambda: items)}]
     cfg = discord_config(workdir, feeds, charts={"enabled": True, "dir": "charts",
                                                  "price_url": serve_prices(wire),
-                                                 "max_wait_s": 10.0})
+                                                 "max_wait_s": 30.0})  # 100 renders in a row
     running = run_supervisor(cfg, "--cycles", "2", env={"DISCORD_WEBHOOK_URL": url})
     discord.wait_for(10, 60)
     status = running.cli("status", "--json")  # mid-burst: the sink is named, never its URL

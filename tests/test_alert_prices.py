@@ -13,11 +13,16 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from actors.price_vendors import (AlphaVantageProvider, TiingoProvider, parse_alphavantage,
-                                  parse_tiingo)
-from actors.prices import CachedPrices, price_provider_from_config
+from actors.charts import price_provider_from_config
+from actors.charts.prices import CachedPrices
+from actors.charts.vendors import (
+    AlphaVantageProvider,
+    TiingoProvider,
+    parse_alphavantage,
+    parse_tiingo,
+)
 from actors.errors import ConfigError
-from supervisor.config import ChartsConfig, Secrets, config_from_dict
+from catalyst_config import ChartsConfig, Secrets, config_from_dict
 from supervisor.demo_server import QuietHTTPServer
 
 EASTERN = ZoneInfo("America/New_York")

@@ -12,10 +12,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from matplotlib import _pylab_helpers
 
-from actors.charts import render_chart
-from actors.prices import (CachedPrices, HttpReplayProvider, PriceBar, PriceProvider, PriceSeries,
-                           parse_series, price_provider_from_config)
-from supervisor.config import ChartsConfig
+from actors.charts import price_provider_from_config
+from actors.charts.prices import (
+    CachedPrices,
+    HttpReplayProvider,
+    PriceBar,
+    PriceProvider,
+    PriceSeries,
+    parse_series,
+)
+from actors.charts.render import render_chart
+from catalyst_config import ChartsConfig
 from supervisor.demo_server import DemoFeedServer
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

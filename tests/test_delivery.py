@@ -128,7 +128,7 @@ def lines(path) -> list[dict]:
 def test_a_bad_dead_letters_request_gets_a_clear_error(run_supervisor, workdir):
     running = run_supervisor(base_config(workdir, [], actors={"fetcher": {"instances": 0}}))
     wait_for(running.all_running, 30, message="actors running")
-    from supervisor.config import load_config
+    from catalyst_config import load_config
     from supervisor.control import ControlError, request
 
     config = load_config(running.config_path, with_secrets=False)

@@ -6,10 +6,24 @@ import time
 
 import pytest
 
-from actors.discord_embed import (CONTENT_MAX, DESCRIPTION_MAX, EMBED_TOTAL_MAX, FIELD_NAME_MAX,
-                                  FIELD_VALUE_MAX, FIELDS_MAX, FOOTER_MAX, NEGATIVE_COLOR,
-                                  NEUTRAL_COLOR, POSITIVE_COLOR, TITLE_MAX, admin_embed,
-                                  embed_size, fit, message_payload, plain_payload)
+from actors.sinks.discord.embed import (
+    CONTENT_MAX,
+    DESCRIPTION_MAX,
+    EMBED_TOTAL_MAX,
+    FIELD_NAME_MAX,
+    FIELD_VALUE_MAX,
+    FIELDS_MAX,
+    FOOTER_MAX,
+    NEGATIVE_COLOR,
+    NEUTRAL_COLOR,
+    POSITIVE_COLOR,
+    TITLE_MAX,
+    admin_embed,
+    embed_size,
+    fit,
+    message_payload,
+    plain_payload,
+)
 from tests.fake_discord import embed_problems
 
 

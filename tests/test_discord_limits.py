@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from actors.discord_limits import MARGIN_S, RateLimits
+from actors.sinks.discord.pacing import MARGIN_S, RateLimits
 
 
 class Clock:

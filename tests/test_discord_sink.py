@@ -10,9 +10,10 @@ import time
 
 import pytest
 
-from actors.discord import DiscordSink, parse_webhook_url
-from actors.discord_limits import RateLimits
 from actors.errors import SinkError
+from actors.sinks.discord import DiscordSink
+from actors.sinks.discord.pacing import RateLimits
+from catalyst_config import parse_webhook_url
 from tests.fake_discord import FakeDiscord
 from tests.test_discord_embed import record
 

@@ -11,10 +11,10 @@ import time
 import pytest
 
 from actors import protocol
-from actors.feed_http import EDGAR_BACKOFF_S, MAX_REDIRECTS, PRODUCT_USER_AGENT
-from actors.feeds import FeedFetcher
-from supervisor.config import FeedConfig, config_from_dict
-
+from actors.feeds.edgar import EDGAR_BACKOFF_S
+from actors.feeds.fetch import FeedFetcher
+from actors.feeds.http import MAX_REDIRECTS, PRODUCT_USER_AGENT
+from catalyst_config import FeedConfig, config_from_dict
 from tests.hostile_server import HostileServer, Response, rss, sec_atom
 
 pytestmark = pytest.mark.timeout(30)
@@ -95,9 +95,9 @@ def test_second_poll_sends_validators_and_a_304_costs_no_parse(server, make_fetc
     first = one(fetcher, feeds)
     assert first.status == "ok" and len(first.items) == 3 and first.http_status == 200
 
-    import actors.feeds
+    import actors.feeds.fetch
     parses = []
-    monkeypatch.setattr(actors.feeds, "parse_document", lambda *a: parses.append(a))
+    monkeypatch.setattr(actors.feeds.fetch, "parse_document", lambda *a: parses.append(a))
     second = one(fetcher, feeds)
     assert second.status == "not_modified" and second.items == [] and parses == []
     sent = server.requests("/feed")[-1].headers
@@ -386,8 +386,8 @@ def test_items_pass_protocol_validation_and_stats_are_json(server, make_fetcher,
     fetcher, feeds = make_fetcher({"wire": "/feed"})
     with caplog.at_level(logging.INFO, logger="catalyst.fetcher"):
         result = one(fetcher, feeds)
-    message = protocol.Items(fetcher="f0", cycle=1, items=result.items)
-    decoded = protocol.Codec(protocol.Items).decode(protocol.encode(message))
+    message = protocol.Claim(req_id=1, items=result.items)
+    decoded = protocol.Codec(protocol.Claim).decode(protocol.encode(message))
     assert len(decoded.items) == 1 and decoded.items[0].link == ""  # too long to be a usable link
     stats = json.loads(json.dumps(fetcher.stats()))
     assert stats["feeds"]["wire"]["last_status"] == "ok" and stats["feeds"]["wire"]["last_elapsed_s"] > 0
@@ -424,14 +424,14 @@ def test_wrong_and_mixed_encodings_do_not_crash_and_read_right(server, make_fetc
 
 
 def test_a_bug_on_one_feed_costs_only_that_feed(server, make_fetcher, monkeypatch):
-    import actors.feeds
-    real = actors.feeds.build_items
+    import actors.feeds.fetch
+    real = actors.feeds.fetch.build_items
 
     def flaky(entries, **kw):
         if kw["source"] == "bad":
             raise RuntimeError("parser bug")
         return real(entries, **kw)
-    monkeypatch.setattr(actors.feeds, "build_items", flaky)
+    monkeypatch.setattr(actors.feeds.fetch, "build_items", flaky)
     server.route("/feed", Response(200, feed_body(2), headers=RSS))
     fetcher, feeds = make_fetcher({"bad": "/feed", "good": "/feed"})
     bad, good = fetcher.fetch_cycle(feeds)

@@ -5,11 +5,16 @@ import tracemalloc
 
 import pytest
 
-from actors import keys
-from actors.breaker import CircuitBreaker, OutageDetector
-from actors.feed_items import build_items, parse_sec_title
-from actors.feed_parse import HostileFeed, NotAFeed, check_document, clean_text, parse_document
-
+from actors.feeds import OutageDetector, keys
+from actors.feeds.items import build_items, parse_sec_title
+from actors.feeds.parse import (
+    HostileFeed,
+    NotAFeed,
+    check_document,
+    clean_text,
+    parse_document,
+)
+from actors.resilience import CircuitBreaker
 from tests.hostile_server import rss, sec_atom
 
 NOW = time.time()

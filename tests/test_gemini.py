@@ -15,11 +15,11 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from actors.classifiers import make_classifier
+from actors.classification import make_classifier
+from actors.classification.rules import CATEGORIES
 from actors.errors import ConfigError
 from actors.protocol import Analysis, Item
-from actors.rules import CATEGORIES
-from supervisor.config import Secrets, config_from_dict
+from catalyst_config import Secrets, config_from_dict
 from tests.conftest import wait_for
 from tests.fake_gemini import FakeGemini
 

@@ -7,12 +7,12 @@ import json
 import math
 import sqlite3
 
-from actors.gemini_prompt import parse_answer
-from actors.llm_cache import AnalysisCache, open_llm_db
+from actors.classification.cache import AnalysisCache, open_llm_db
+from actors.classification.gemini.prompt import parse_answer
+from actors.classification.gemini.rate_limit import RateLimiter, backoff_s
+from actors.classification.gemini.usage import Usage, UsageMonitor
 from actors.protocol import Analysis, Item
-from actors.rate_limit import RateLimiter, backoff_s
-from actors.usage import Usage, UsageMonitor
-from supervisor.config import SqliteConfig, config_from_dict
+from catalyst_config import SqliteConfig, config_from_dict
 
 
 class Clock:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from supervisor.config import RestartConfig
+from catalyst_config import RestartConfig
 from supervisor.policy import RestartPolicy
-from supervisor.watch import MemoryHistory, robust_slope_mb_per_min, Sample
+from supervisor.watch import MemoryHistory, Sample, robust_slope_mb_per_min
 
 
 def test_first_restart_after_a_stable_run_is_immediate():

@@ -8,7 +8,7 @@ import re
 import msgspec
 import pytest
 
-from actors import rules
+from actors.classification import rules
 from actors.protocol import Analysis, Item
 
 

@@ -16,7 +16,7 @@ from actors import protocol
 from actors.errors import StoreLockedError
 from actors.protocol import Item
 from actors.seen_store import SqliteSeenStore
-from supervisor.config import SqliteConfig, load_config
+from catalyst_config import SqliteConfig, load_config
 from tests.conftest import base_config, wait_for
 
 CLIENT_PROCESSES = 4

@@ -33,35 +33,35 @@ def restarted(running, name: str, reason: str):
 
 
 def test_actor_over_its_memory_limit_is_restarted_for_memory(run_supervisor, workdir):
-    running = run_supervisor(quiet_config(workdir), extra_actors=[
+    running = run_supervisor(quiet_config(workdir), extra_kinds=[
         {"name": "hog", "class": LEAKY, "max_rss_mb": 120, "options": {"mb_per_s": 80}}])
-    first = wait_for(lambda: running.actor("hog"), 30, message="hog started")
-    a = wait_for(restarted(running, "hog", "memory"), 30, message="memory restart")
+    first = wait_for(lambda: running.actor("hog-0"), 30, message="hog started")
+    a = wait_for(restarted(running, "hog-0", "memory"), 30, message="memory restart")
     assert a["pid"] != first["pid"]
     events = wait_for(lambda: [e for e in running.admin_events()
-                               if e["actor"] == "hog" and e["reason"] == "memory"], 10)
+                               if e["actor"] == "hog-0" and e["reason"] == "memory"], 10)
     assert events[0]["event"] == "restart" and events[0]["at"] > 0 and events[0]["message"]
 
 
 def test_slow_leak_under_the_limit_is_caught_by_the_trend(run_supervisor, workdir):
     cfg = quiet_config(workdir, leak={"window_s": 8, "max_growth_mb_per_min": 30})
-    running = run_supervisor(cfg, extra_actors=[
+    running = run_supervisor(cfg, extra_kinds=[
         {"name": "drip", "class": LEAKY, "max_rss_mb": 4000, "options": {"mb_per_s": 2}}])
-    a = wait_for(restarted(running, "drip", "leak"), 40, message="leak restart")
+    a = wait_for(restarted(running, "drip-0", "leak"), 40, message="leak restart")
     assert a["restarts"] >= 1
     # The steady actors beside it were never mistaken for leaks.
     status = running.status()
-    assert all(x["restarts"] == 0 for x in status["actors"] if x["name"] != "drip")
+    assert all(x["restarts"] == 0 for x in status["actors"] if x["name"] != "drip-0")
 
 
 def test_hung_actor_is_killed_and_replaced(run_supervisor, workdir):
-    running = run_supervisor(quiet_config(workdir), extra_actors=[
+    running = run_supervisor(quiet_config(workdir), extra_kinds=[
         {"name": "sleepy", "class": IDLE}])
-    first = wait_for(lambda: (a := running.actor("sleepy")) and a["state"] == "running" and a,
+    first = wait_for(lambda: (a := running.actor("sleepy-0")) and a["state"] == "running" and a,
                      30, message="sleepy running")
     os.kill(first["pid"], signal.SIGSTOP)
     stopped_at = time.monotonic()
-    a = wait_for(restarted(running, "sleepy", "hang"), 30, message="hang restart")
+    a = wait_for(restarted(running, "sleepy-0", "hang"), 30, message="hang restart")
     assert a["pid"] != first["pid"]
     assert time.monotonic() - stopped_at < 3.0 + 3.0  # heartbeat_timeout_s + slack
     assert not psutil.pid_exists(first["pid"]) or \
@@ -71,13 +71,13 @@ def test_hung_actor_is_killed_and_replaced(run_supervisor, workdir):
 def test_crash_loop_gives_up_and_keeps_the_rest_running(run_supervisor, workdir):
     cfg = quiet_config(workdir, restart={"backoff_initial_s": 0.01, "backoff_max_s": 0.05,
                                          "max_restarts": 3, "period_s": 60})
-    running = run_supervisor(cfg, extra_actors=[
+    running = run_supervisor(cfg, extra_kinds=[
         {"name": "crashy", "class": CRASHING, "options": {"after_s": 0.05}}])
-    a = wait_for(lambda: (a := running.actor("crashy")) and a["state"] == "failed" and a, 30,
+    a = wait_for(lambda: (a := running.actor("crashy-0")) and a["state"] == "failed" and a, 30,
                  message="crashy failed")
     assert a["restarts"] == 4 and a["last_restart_reason"] == "exit"
     assert running.actor("dedupe-0")["state"] == "running"
-    wait_for(lambda: any(e["event"] == "give_up" and e["actor"] == "crashy"
+    wait_for(lambda: any(e["event"] == "give_up" and e["actor"] == "crashy-0"
                          for e in running.admin_events()), 10, message="give_up event")
 
 
@@ -85,15 +85,15 @@ def test_crash_loop_with_on_give_up_shutdown_stops_with_nonzero_exit(run_supervi
     cfg = quiet_config(workdir, restart={"backoff_initial_s": 0.01, "backoff_max_s": 0.05,
                                          "max_restarts": 2, "period_s": 60,
                                          "on_give_up": "shutdown"})
-    running = run_supervisor(cfg, extra_actors=[
+    running = run_supervisor(cfg, extra_kinds=[
         {"name": "crashy", "class": CRASHING, "options": {"after_s": 0.05}}])
     assert running.wait_exit(60) == 1
-    assert "crashy gave up" in running.log_text()
+    assert "crashy-0 gave up" in running.log_text()
     assert running.descendants() == []
 
 
 def test_killing_the_supervisor_leaves_no_process_behind(run_supervisor, workdir):
-    running = run_supervisor(quiet_config(workdir), extra_actors=[{"name": "idle",
+    running = run_supervisor(quiet_config(workdir), extra_kinds=[{"name": "idle",
                                                                    "class": IDLE}])
     wait_for(running.all_running, 30, message="all running")
     family = running.descendants()
@@ -163,9 +163,9 @@ def test_prometheus_metrics_show_memory_up_and_restarts(run_supervisor, workdir)
 
 
 def test_report_draws_memory_with_restart_markers(run_supervisor, workdir):
-    running = run_supervisor(quiet_config(workdir), extra_actors=[
+    running = run_supervisor(quiet_config(workdir), extra_kinds=[
         {"name": "hog", "class": LEAKY, "max_rss_mb": 120, "options": {"mb_per_s": 80}}])
-    wait_for(restarted(running, "hog", "memory"), 30, message="memory restart")
+    wait_for(restarted(running, "hog-0", "memory"), 30, message="memory restart")
     live = running.cli("report", "-o", str(workdir / "live.png"))
     assert live.returncode == 0, live.stderr
     running.cli("stop")

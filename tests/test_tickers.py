@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from actors.tickers import MAX_TICKERS, extract_tickers
+from actors.feeds.tickers import MAX_TICKERS, extract_tickers
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -1,0 +1,198 @@
+"""Loads config.yaml and the environment once, into the typed objects of schema.py.
+
+Every error names the key by its path (``supervisor.leak.window_s``, ``feeds[2].kind``).
+Secrets come only from the environment and never print.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from actors.errors import ConfigError
+from catalyst_config.schema import Config, EndpointsConfig
+from catalyst_config.secrets import Secrets
+
+ENV_CONFIG = "CATALYST_CONFIG"
+
+
+def _describe(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(str(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _convert(tp: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _convert(inner, value, path)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(path, f"{value!r} is not {_describe(tp)}")
+        return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(path, f"expected a mapping, got {type(value).__name__}")
+        key_type, inner = typing.get_args(tp)
+        return {_convert(key_type, k, f"{path}.{k}"): _convert(inner, v, f"{path}.{k}")
+                for k, v in value.items()}
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(path, f"expected a list, got {type(value).__name__}")
+        (inner,) = typing.get_args(tp)
+        return [_convert(inner, v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, path)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(path, f"expected true or false, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(path, f"expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(path, f"expected a whole number, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(path, f"expected a string, got {value!r}")
+        return value
+    raise ConfigError(path, f"unsupported type {tp!r}")  # a bug in this module, not in the file
+
+
+def _check_bounds(f: dataclasses.Field, value: Any, path: str) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    meta = f.metadata
+    if meta.get("ge") is not None and value < meta["ge"]:
+        raise ConfigError(path, f"must be >= {meta['ge']}, got {value}")
+    if meta.get("gt") is not None and value <= meta["gt"]:
+        raise ConfigError(path, f"must be > {meta['gt']}, got {value}")
+    if meta.get("le") is not None and value > meta["le"]:
+        raise ConfigError(path, f"must be <= {meta['le']}, got {value}")
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(path, f"expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name not in ("secrets", "source")}
+    for key in data:
+        if key not in fields:
+            where = f"{path}.{key}" if path else str(key)
+            raise ConfigError(where, f"unknown key (known: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        where = f"{path}.{name}" if path else name
+        if name in data:
+            kwargs[name] = _convert(hints[name], data[name], where)
+            _check_bounds(f, kwargs[name], where)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(where, "required key is missing")
+    return cls(**kwargs)
+
+
+def _validate(cfg: Config) -> None:
+    names = set()
+    for i, feed in enumerate(cfg.feeds):
+        if feed.name in names:
+            raise ConfigError(f"feeds[{i}].name", f"duplicate feed name {feed.name!r}")
+        names.add(feed.name)
+        if not feed.url.startswith(("http://", "https://")):
+            raise ConfigError(f"feeds[{i}].url", "must be an http:// or https:// URL")
+        if feed.enabled and feed.kind == "sec" and not (cfg.sec_user_agent or "").strip():
+            raise ConfigError("sec_user_agent", f"required by EDGAR feed {feed.name!r}: "
+                              "SEC fair access asks for a contact User-Agent")
+    for i, sink in enumerate([*cfg.alerts.sinks, cfg.alerts.admin]):
+        where = f"alerts.sinks[{i}]" if i < len(cfg.alerts.sinks) else "alerts.admin"
+        if sink.type == "jsonl" and not sink.path:
+            raise ConfigError(f"{where}.path", "required for a jsonl sink")
+        if sink.type == "discord" and not sink.webhook_url_env:
+            raise ConfigError(f"{where}.webhook_url_env", "required for a discord sink")
+    sup = cfg.supervisor
+    if sup.heartbeat_timeout_s <= 2 * sup.heartbeat_interval_s:
+        raise ConfigError("supervisor.heartbeat_timeout_s",
+                          "must exceed twice supervisor.heartbeat_interval_s")
+    if sup.restart.backoff_max_s < sup.restart.backoff_initial_s:
+        raise ConfigError("supervisor.restart.backoff_max_s", "must be >= backoff_initial_s")
+    for name in (f.name for f in dataclasses.fields(EndpointsConfig)):
+        value = getattr(cfg.endpoints, name)
+        if value is None or value.startswith("ipc://"):
+            continue
+        if value.startswith("tcp://"):
+            raise ConfigError(f"endpoints.{name}", "tcp:// endpoints need CurveZMQ keys, "
+                              "which this version does not configure yet; use ipc://")
+        raise ConfigError(f"endpoints.{name}", "must start with ipc://")
+    run_dir = cfg.path(cfg.run_dir)
+    if len(str(run_dir)) > 80:  # unix socket paths are limited to 107 bytes
+        raise ConfigError("run_dir", f"{run_dir} is too long for ipc:// socket paths")
+    if cfg.actors.dedupe.instances != 1:
+        raise ConfigError("actors.dedupe.instances", "must be 1: one process owns the SeenStore")
+    for kind in ("llm", "alert"):
+        if getattr(cfg.actors, kind).instances < 1:
+            raise ConfigError(f"actors.{kind}.instances", "must be at least 1")
+    llm = cfg.llm
+    # A model without a price would cost $0 and never meet its budget.
+    for key in ("model", "fallback_model"):
+        name = getattr(llm, key)
+        if name is not None and name not in llm.pricing:
+            raise ConfigError(f"llm.{key}", f"{name!r} has no price in llm.pricing "
+                              f"(priced: {', '.join(sorted(llm.pricing)) or 'none'})")
+    if llm.base_url is not None and not llm.base_url.startswith(("http://", "https://")):
+        raise ConfigError("llm.base_url", "must be an http:// or https:// URL")
+    if llm.retry_backoff_max_s < llm.retry_backoff_initial_s:
+        raise ConfigError("llm.retry_backoff_max_s", "must be >= retry_backoff_initial_s")
+
+
+def check_secrets(cfg: Config) -> None:
+    """What only a process that runs the service needs: its secrets, present and usable.
+    status, stop and restart skip this, so they work from a shell without them."""
+    if cfg.llm.provider == "gemini" and not cfg.secrets.get("GEMINI_API_KEY"):
+        raise ConfigError("llm.provider", "gemini needs GEMINI_API_KEY in the environment")
+    cfg.alerts.check(cfg.secrets)
+
+
+def config_from_dict(data: Any, source: str | None = None, secrets: Secrets | None = None,
+                     *, with_secrets: bool = True) -> Config:
+    cfg = _build(Config, data, "")
+    extra = [s.webhook_url_env for s in [*cfg.alerts.sinks, cfg.alerts.admin] if s.webhook_url_env]
+    if cfg.alerts.charts.key_env():
+        extra.append(cfg.alerts.charts.key_env())
+    cfg = dataclasses.replace(cfg, source=source,
+                              secrets=secrets or Secrets.from_environment(extra))
+    _validate(cfg)
+    if with_secrets:
+        check_secrets(cfg)
+    return cfg
+
+
+def default_config_path() -> str:
+    return os.environ.get(ENV_CONFIG) or "config.yaml"
+
+
+def load_config(path: str | os.PathLike | None = None, *, with_secrets: bool = True) -> Config:
+    path = Path(path or default_config_path())
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError("", f"{path} is not valid YAML: {exc}") from None
+    return config_from_dict(data, source=str(path.resolve()), with_secrets=with_secrets)

@@ -1,0 +1,295 @@
+"""The shape of the configuration: one frozen dataclass per section, each field with its
+default and bounds. config.yaml documents every key; loader.py checks a file against this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from actors.errors import ConfigError
+from catalyst_config.secrets import Secrets
+from catalyst_config.webhooks import parse_webhook_url
+
+
+def setting(default: Any = dataclasses.MISSING, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, factory: Any = dataclasses.MISSING) -> Any:
+    """A config field with bounds, checked at load time."""
+    meta = {"ge": ge, "gt": gt, "le": le}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    name: str
+    url: str
+    kind: Literal["pr", "sec"]
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
+class FetchConfig:
+    connect_timeout_s: float = setting(5.0, gt=0)
+    read_timeout_s: float = setting(10.0, gt=0)
+    max_bytes: int = setting(5_000_000, ge=1024)
+    # Wall limit on one whole request, so a trickle is cut off; None: connect + 2 x read.
+    request_deadline_s: float | None = setting(None, gt=0)
+    max_workers: int = setting(64, ge=1, le=256)
+    freshness_pr_s: float = setting(86400.0, gt=0)   # older items are dropped
+    freshness_sec_s: float = setting(3 * 86400.0, gt=0)
+    edgar_max_rps: float = setting(10.0, gt=0, le=10)  # shared by all fetcher instances
+    breaker_failures: int = setting(3, ge=1)  # consecutive failures that open a feed's breaker
+    breaker_backoff_initial_s: float = setting(30.0, gt=0)
+    breaker_backoff_max_s: float = setting(900.0, gt=0)
+    outage_cycles: int = setting(5, ge=1)  # cycles with no items from any feed = outage
+    otc_tickers: bool = False  # also take OTC-market tickers
+    company_tickers_url: str = "https://www.sec.gov/files/company_tickers.json"
+    company_tickers_max_age_s: float = setting(7 * 86400.0, gt=0)
+
+
+@dataclass(frozen=True)
+class SqliteConfig:
+    journal_mode: Literal["WAL"] = "WAL"
+    synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
+    cache_size: int = -16000  # negative: KiB
+    temp_store: Literal["DEFAULT", "FILE", "MEMORY"] = "MEMORY"
+    mmap_size: int = setting(268_435_456, ge=0)
+    busy_timeout_ms: int = setting(5000, ge=0)
+
+
+@dataclass(frozen=True)
+class DedupeConfig:
+    ttl_days: float = setting(7.0, gt=0)
+    lease_s: float = setting(120.0, gt=0)
+    max_attempts: int = setting(5, ge=1)
+    purge_interval_s: float = setting(3600.0, gt=0)
+    redeliver_batch: int = setting(500, ge=1)
+    busy_poll_us: float = setting(200.0, ge=0, le=10_000)
+    sqlite: SqliteConfig = setting(factory=SqliteConfig)
+
+
+@dataclass(frozen=True)
+class ModelPrice:
+    """USD per million tokens; output includes thinking tokens, as Google bills them."""
+
+    input_usd_per_mtok: float = setting(ge=0)
+    output_usd_per_mtok: float = setting(ge=0)
+
+    @classmethod
+    def gemini_list_prices(cls) -> dict[str, ModelPrice]:
+        # Gemini Developer API, paid tier, text input, prompts <= 200k tokens, as listed on
+        # https://ai.google.dev/gemini-api/docs/pricing on 2026-10-07. gemini-3.8-flash is
+        # at its list price; its launch price ($0.75 / $3.75 until 2026-12-31) is lower,
+        # so a budget errs on the safe side.
+        return {name: cls(i, o) for name, i, o in [
+            ("gemini-2.5-flash-lite", 0.10, 0.40), ("gemini-2.5-flash", 0.30, 2.50),
+            ("gemini-2.5-pro", 1.25, 10.00), ("gemini-3.5-flash-lite", 0.30, 2.50),
+            ("gemini-3.5-flash", 1.50, 9.00), ("gemini-3.8-flash", 1.50, 7.50),
+            ("gemini-3.1-pro-preview", 2.00, 12.00)]}
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    provider: Literal["rules", "gemini"] = "rules"
+    model: str = "gemini-2.5-flash"
+    fallback_model: str | None = "gemini-2.5-flash-lite"  # once daily_budget_usd is spent
+    base_url: str | None = None
+    api_version: str = "v1beta"
+    timeout_s: float = setting(30.0, gt=0)
+    cache_size: int = setting(10_000, ge=1)
+    cache_ttl_s: float = setting(72 * 3600.0, gt=0)
+    cache_purge_interval_s: float = setting(3600.0, gt=0)
+    max_concurrency: int = setting(4, ge=1, le=64)  # model calls in flight per instance
+    requests_per_minute: float = setting(120.0, gt=0)  # shared by all llm instances
+    batch_size: int = setting(8, ge=1, le=50)  # items per request, when several wait
+    max_backlog: int = setting(200, ge=1)  # items waiting for a call; input pauses beyond
+    max_queue_wait_s: float = setting(30.0, gt=0)  # then the keyword classifier answers
+    max_retries: int = setting(2, ge=0, le=10)  # 429, 5xx, timeouts
+    retry_backoff_initial_s: float = setting(1.0, ge=0)
+    retry_backoff_max_s: float = setting(20.0, ge=0)
+    invalid_answer_retries: int = setting(1, ge=0, le=5)
+    breaker_failures: int = setting(3, ge=1)
+    breaker_backoff_initial_s: float = setting(30.0, gt=0)
+    breaker_backoff_max_s: float = setting(600.0, gt=0)
+    max_input_chars: int = setting(1500, ge=100)  # of an item's summary, per request
+    max_output_tokens_per_item: int = setting(400, ge=64)
+    thinking_budget: int | None = setting(0, ge=0)  # 0: off; None: the model's default
+    daily_budget_usd: float = setting(5.0, ge=0)  # per UTC day, for `model`
+    fallback_daily_budget_usd: float = setting(1.0, ge=0)  # for `fallback_model`
+    budget_warn_fraction: float = setting(0.8, gt=0, le=1)
+    pricing: dict[str, ModelPrice] = setting(factory=ModelPrice.gemini_list_prices)
+    sqlite: SqliteConfig = setting(factory=SqliteConfig)  # llm_cache.db: cache and spend
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    type: Literal["console", "jsonl", "discord"]
+    path: str | None = None  # jsonl
+    webhook_url_env: str | None = None  # discord: the NAME of the environment variable
+    # discord only, below
+    username: str | None = None  # the poster's name; None: the webhook's own
+    timeout_s: float = setting(10.0, gt=0)  # one HTTP request to the webhook
+    rate_limit: int = setting(5, ge=1)  # posts per rate_window_s until Discord's headers say
+    rate_window_s: float = setting(2.0, gt=0)
+    retry_initial_s: float = setting(1.0, gt=0)  # 5xx / network errors: backoff, doubling
+    retry_max_s: float = setting(60.0, gt=0)
+    outage_after_s: float = setting(60.0, gt=0)  # failing this long: a "sink_outage" event
+
+
+@dataclass(frozen=True)
+class ChartsConfig:
+    enabled: bool = True
+    dir: str = "var/charts"
+    # Where prices come from: replay (price_url), tiingo (IEX intraday) or alphavantage.
+    provider: Literal["replay", "tiingo", "alphavantage"] = "replay"
+    # Price bars over HTTP: "{ticker}" is replaced. None: no charts (no price data).
+    price_url: str | None = None
+    base_url: str | None = None  # tiingo / alphavantage API base; None: the vendor's own
+    api_key_env: str | None = None  # None: TIINGO_API_KEY / ALPHAVANTAGE_API_KEY
+    max_wait_s: float = setting(2.0, ge=0)
+    cache_size: int = setting(256, ge=1)
+    cache_ttl_s: float = setting(300.0, gt=0)
+    keep_days: float = setting(7.0, gt=0)  # older chart files are removed
+
+    def key_env(self) -> str | None:
+        """The environment variable holding the price vendor's API key, if one is needed."""
+        defaults = {"tiingo": "TIINGO_API_KEY", "alphavantage": "ALPHAVANTAGE_API_KEY"}
+        return self.api_key_env or defaults.get(self.provider)
+
+
+@dataclass(frozen=True)
+class AlertsConfig:
+    min_score: float = setting(0.5, ge=0, le=1)
+    sinks: list[SinkConfig] = setting(factory=lambda: [SinkConfig(type="console")])
+    admin: SinkConfig = setting(factory=lambda: SinkConfig(type="console"))
+    charts: ChartsConfig = setting(factory=ChartsConfig)
+    # Alerts held in memory (waiting for a chart or for a sink's turn); input pauses beyond,
+    # and ZeroMQ holds the rest upstream. At Discord's 2.5 posts/s, 200 is 80 s of backlog.
+    max_backlog: int = setting(200, ge=1)
+    sqlite: SqliteConfig = setting(factory=SqliteConfig)  # alerts.db: the delivery journal
+
+    def check(self, secrets: Secrets) -> None:
+        """What the types cannot say: webhook URLs well formed when set, other URLs usable."""
+        for i, sink in enumerate([*self.sinks, self.admin]):
+            where = f"alerts.sinks[{i}]" if i < len(self.sinks) else "alerts.admin"
+            if sink.type != "discord" or not sink.webhook_url_env:
+                continue
+            # Absent here is not an error: status and stop run from shells without secrets.
+            # The process that needs it says so (admin event, sink disabled, alerts held).
+            url = secrets.get(sink.webhook_url_env)
+            if not url:
+                continue
+            try:
+                parse_webhook_url(url)
+            except ValueError as exc:  # the message never quotes the URL
+                raise ConfigError(f"{where}.webhook_url_env",
+                                  f"${sink.webhook_url_env}: {exc}") from None
+            if sink.retry_max_s < sink.retry_initial_s:
+                raise ConfigError(f"{where}.retry_max_s", "must be >= retry_initial_s")
+        charts = self.charts
+        if not charts.enabled:
+            return
+        if charts.provider == "replay" and charts.price_url and "{ticker}" not in charts.price_url:
+            raise ConfigError("alerts.charts.price_url", 'must contain "{ticker}"')
+        if charts.base_url is not None and not charts.base_url.startswith(("http://", "https://")):
+            raise ConfigError("alerts.charts.base_url", "must be an http:// or https:// URL")
+
+
+@dataclass(frozen=True)
+class ActorKindConfig:
+    instances: int = setting(1, ge=0, le=64)
+    max_rss_mb: float = setting(400.0, gt=0)
+
+
+@dataclass(frozen=True)
+class ActorsConfig:
+    fetcher: ActorKindConfig = setting(factory=ActorKindConfig)
+    dedupe: ActorKindConfig = setting(factory=ActorKindConfig)
+    llm: ActorKindConfig = setting(factory=ActorKindConfig)
+    alert: ActorKindConfig = setting(factory=ActorKindConfig)
+
+    def get(self, kind: str) -> ActorKindConfig | None:
+        """The block of a kind, or None for a kind this file has no block for."""
+        value = getattr(self, kind, None)
+        return value if isinstance(value, ActorKindConfig) else None
+
+
+@dataclass(frozen=True)
+class LeakConfig:
+    window_s: float = setting(300.0, gt=0)
+    max_growth_mb_per_min: float = setting(5.0, gt=0)
+
+
+@dataclass(frozen=True)
+class RestartConfig:
+    backoff_initial_s: float = setting(0.5, ge=0)
+    backoff_max_s: float = setting(30.0, ge=0)
+    max_restarts: int = setting(5, ge=0)
+    period_s: float = setting(60.0, gt=0)
+    on_give_up: Literal["keep_running", "shutdown"] = "keep_running"
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    heartbeat_interval_s: float = setting(1.0, gt=0)
+    heartbeat_timeout_s: float = setting(10.0, gt=0)
+    memory_check_interval_s: float = setting(0.5, gt=0)
+    stop_timeout_s: float = setting(10.0, gt=0)
+    drain_timeout_s: float = setting(30.0, ge=0)
+    samples_kept: int = setting(2000, ge=10)  # psutil samples kept per actor
+    leak: LeakConfig = setting(factory=LeakConfig)
+    restart: RestartConfig = setting(factory=RestartConfig)
+    metrics_port: int = setting(9108, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class EndpointsConfig:
+    """Socket addresses; None means an ipc:// socket in run_dir."""
+
+    control: str | None = None  # actors' DEALERs -> supervisor ROUTER
+    cli: str | None = None  # CLI REQ -> supervisor ROUTER
+    dedupe_acks: str | None = None
+    dedupe_rpc: str | None = None
+    llm_in: str | None = None
+    alert_in: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    run_dir: str = "var/run"
+    data_dir: str = "var/data"
+    log_dir: str = "var/log"
+    poll_interval_s: float = setting(60.0, gt=0)
+    sec_user_agent: str | None = None
+    feeds: list[FeedConfig] = setting(factory=list)
+    fetch: FetchConfig = setting(factory=FetchConfig)
+    dedupe: DedupeConfig = setting(factory=DedupeConfig)
+    llm: LLMConfig = setting(factory=LLMConfig)
+    alerts: AlertsConfig = setting(factory=AlertsConfig)
+    actors: ActorsConfig = setting(factory=ActorsConfig)
+    supervisor: SupervisorConfig = setting(factory=SupervisorConfig)
+    endpoints: EndpointsConfig = setting(factory=EndpointsConfig)
+    secrets: Secrets = field(default_factory=lambda: Secrets({}), compare=False)
+    source: str | None = field(default=None, compare=False)  # the file it came from
+
+    def path(self, value: str) -> Path:
+        """A configured path, relative ones resolved against the config file's directory."""
+        base = Path(self.source).parent if self.source else Path.cwd()
+        return (base / value).resolve()
+
+    def endpoint(self, name: str) -> str:
+        configured = getattr(self.endpoints, name)
+        return configured or f"ipc://{self.path(self.run_dir) / (name + '.sock')}"
+
+    def instance_endpoint(self, name: str, index: int) -> str:
+        """The inbox of one instance of a kind that may run several (llm_in, alert_in)."""
+        base = self.endpoint(name)
+        return f"{base[:-5]}-{index}.sock" if base.endswith(".sock") else f"{base}-{index}"
+
+    def enabled_feeds(self) -> list[FeedConfig]:
+        return [f for f in self.feeds if f.enabled]
