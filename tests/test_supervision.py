@@ -106,6 +106,27 @@ def test_killing_the_supervisor_leaves_no_process_behind(run_supervisor, workdir
     assert time.monotonic() - killed_at < 5.0
 
 
+def test_a_fifth_actor_kind_is_one_table_entry_plus_its_module(run_supervisor, workdir):
+    # tests/supervise.py adds {"name": "echo", ...} to actors.KINDS and nothing else.
+    running = run_supervisor(quiet_config(workdir), extra_kinds=[
+        {"name": "echo", "class": IDLE, "instances": 2, "max_rss_mb": 250}])
+    wait_for(running.all_running, 30, message="all running")
+    echoes = [a for a in running.status()["actors"] if a["kind"] == "echo"]
+    assert [a["name"] for a in echoes] == ["echo-0", "echo-1"]
+    assert all(a["max_rss_mb"] == 250 for a in echoes)
+    # Started after the pipeline's kinds (its start rank is the last), supervised like them.
+    started = [line for line in running.log_text().splitlines() if " started " in line]
+    assert "echo-0" in started[-2] and "echo-1" in started[-1]
+    os.kill(echoes[1]["pid"], signal.SIGKILL)
+    wait_for(restarted(running, "echo-1", "exit"), 30, message="echo-1 restarted")
+    # Stopped with the sources, before the drain and the rest of the pipeline.
+    running.cli("stop")
+    assert running.wait_exit(60) == 0
+    stopped = [line for line in running.log_text().splitlines() if " stopped (" in line]
+    order = [s.split(" stopped (")[0].rsplit(" ", 1)[1] for s in stopped]
+    assert set(order[:2]) == {"echo-0", "echo-1"} and order[-1] == "dedupe-0", order
+
+
 def test_manual_restart_from_the_cli(run_supervisor, workdir):
     running = run_supervisor(quiet_config(workdir))
     wait_for(running.all_running, 30, message="all running")
