@@ -17,8 +17,14 @@ import msgspec
 from actors.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
-# A batch of 500 items with long summaries stays well under this.
+# The largest frame any receiver takes. Senders cut batches by their exact encoded size
+# (fit_batches), so no legal item can push a frame over it.
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+# Room a batch message needs beyond its items (tag, version, request id, list header...).
+FRAME_OVERHEAD_BYTES = 1024
+# The ZMQ_MAXMSGSIZE backstop on every socket: libzmq drops the connection (silently to
+# the sender) past it, so it sits well above what any receiver's codec accepts.
+SOCKET_MAX_BYTES = 2 * MAX_MESSAGE_BYTES
 
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 ShortText = Annotated[str, msgspec.Meta(max_length=2048)]
@@ -106,11 +112,25 @@ class Claim(Message, tag="claim", kw_only=True):
 
     req_id: int = 0
     items: Annotated[list[Item], msgspec.Meta(max_length=10000)]
+    # Feeds whose poll this claim completes (their last batch, or an empty one): dedupe
+    # records that each has been polled, for fetch.first_poll.
+    polled: Annotated[list[ShortText], msgspec.Meta(max_length=10000)] = []
 
 
 class Claimed(Message, tag="claimed", kw_only=True):
+    """dedupe -> fetcher: the claim is committed (new: which keys were new), or it was
+    refused (error set, nothing recorded): the sender splits it or drops it, counted,
+    instead of sending the same frame again."""
+
     req_id: int = 0
-    new: list[Key]
+    new: list[Key] = []
+    error: ShortText | None = None
+
+
+class RequestId(msgspec.Struct, kw_only=True, gc=False):
+    """Just the request id of a frame that failed to decode, to answer it with an error."""
+
+    req_id: int = 0
 
 
 # Control plane ------------------------------------------------------------
@@ -195,9 +215,48 @@ class Codec:
             message = self._decoder.decode(frame)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise ProtocolError(str(exc)) from None
+        except RecursionError:  # free-form fields (args, stats) nested past the stack
+            raise ProtocolError("message nested too deeply") from None
+        except (ValueError, TypeError, OverflowError, MemoryError) as exc:
+            raise ProtocolError(f"undecodable message: {type(exc).__name__}") from None
         if message.v != PROTOCOL_VERSION:
             raise ProtocolError(f"protocol version {message.v}, expected {PROTOCOL_VERSION}")
         return message
+
+
+def request_id(frame: bytes | memoryview) -> int | None:
+    """The req_id of a frame, read leniently (other fields ignored), or None."""
+    try:
+        rid = _request_id_decoder.decode(frame).req_id
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, ValueError,
+            TypeError, OverflowError):
+        return None
+    return rid if isinstance(rid, int) else None
+
+
+_request_id_decoder = msgspec.msgpack.Decoder(RequestId)
+_item_encoder = msgspec.msgpack.Encoder()
+
+
+def fit_batches(entries: list, *, max_bytes: int = MAX_MESSAGE_BYTES, max_count: int = 10000,
+                size_of=None):
+    """Cuts entries into batches whose encoded size stays under max_bytes (with room for
+    the frame around them) and whose length stays under max_count. size_of(entry) gives an
+    entry's encoded size (default: its msgpack encoding). An entry too big for any frame
+    alone is yielded alone; the receiver refuses it and the sender counts it."""
+    budget = max_bytes - FRAME_OVERHEAD_BYTES
+    measure = size_of or (lambda e: len(_item_encoder.encode(e)))
+    batch: list = []
+    size = 0
+    for entry in entries:
+        entry_size = measure(entry) + 1  # +1: the list entry's own header, at most
+        if batch and (len(batch) >= max_count or size + entry_size > budget):
+            yield batch
+            batch, size = [], 0
+        batch.append(entry)
+        size += entry_size
+    if batch:
+        yield batch
 
 
 def to_builtins(obj: Any) -> Any:
