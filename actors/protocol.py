@@ -119,12 +119,13 @@ class Claim(Message, tag="claim", kw_only=True):
 
 class Claimed(Message, tag="claimed", kw_only=True):
     """dedupe -> fetcher: the claim is committed (new: which keys were new), or it was
-    refused (error set, nothing recorded): the sender splits it or drops it, counted,
-    instead of sending the same frame again."""
+    refused (error set, nothing recorded). A refused claim is split or dropped, counted,
+    never sent again as it was; with retry it is sent again later (the store is away)."""
 
     req_id: int = 0
     new: list[Key] = []
     error: ShortText | None = None
+    retry: bool = False  # with error: a passing condition (store unavailable); send it later
 
 
 class RequestId(msgspec.Struct, kw_only=True, gc=False):

@@ -29,6 +29,11 @@ class FeedConfig:
     url: str
     kind: Literal["pr", "sec"]
     enabled: bool = True
+    interval_s: float | None = setting(None, gt=0)  # None: poll_interval_s
+    first_poll: Literal["mark_seen", "alert"] | None = None  # None: fetch.first_poll
+
+    def poll_interval(self, default_s: float) -> float:
+        return self.interval_s if self.interval_s is not None else default_s
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,12 @@ class FetchConfig:
     otc_tickers: bool = False  # also take OTC-market tickers
     company_tickers_url: str = "https://www.sec.gov/files/company_tickers.json"
     company_tickers_max_age_s: float = setting(7 * 86400.0, gt=0)
+    # A feed's first poll ever (fresh install, or a feed added later): mark_seen records
+    # what it finds as seen without alerting it; alert sends it all.
+    first_poll: Literal["mark_seen", "alert"] = "mark_seen"
+
+    def first_poll_of(self, feed: FeedConfig) -> str:
+        return feed.first_poll or self.first_poll
 
 
 @dataclass(frozen=True)
