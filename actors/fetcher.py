@@ -1,41 +1,48 @@
-"""The fetcher actor: polls its share of the feeds and hands candidates to dedupe.
+"""The fetcher actor: polls its share of the feeds, each on its own schedule, and hands
+each feed's items to dedupe the moment that feed's fetch ends.
 
-A batch is held until dedupe answers that it is claimed (and so durably in the ledger),
-and sent again if no answer comes: a dedupe crash mid-batch loses nothing.
+A slow, failing or hanging feed delays only itself (actors/feeds/schedule.py). Each batch
+is held until dedupe answers that it is claimed (and so durably in the ledger), and sent
+again if no answer comes: a dedupe crash mid-batch loses nothing. A claim dedupe refuses
+(too large, invalid) is split or, an item alone, dropped and counted, never resent as it
+was; one refused because the store is away (retry) is sent again later, and polling pauses
+while the held backlog is at its bound.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import zmq
 
 from actors import protocol
 from actors.base import Actor
-from actors.feeds import FeedFetcher, OutageDetector
+from actors.feeds import FeedFetcher, FeedSchedule, OutageDetector, Staleness
 
 log = logging.getLogger("catalyst.fetcher")
 
-CLAIM_BATCH = 500  # items per Claim message at most
-CLAIM_MAX_BYTES = protocol.MAX_MESSAGE_BYTES // 2  # and at most this encoded
 CLAIM_RETRY_S = 2.0  # a claim unanswered this long is sent again
+DEFERRED_RETRY_MAX_S = 10.0  # a claim refused while the store is away: resent this often at most
+# Claimed-but-unanswered frames held in memory; past it no feed is polled until dedupe
+# catches up (a full disk, a long restart): bounded, and nothing dropped.
+BACKLOG_MAX_BYTES = 64 * 1024 * 1024
+STALE_CHECK_S = 60.0
 
 
-def claim_batches(items: list[protocol.Item]):
-    """Batches under both the item count and the message size limits."""
-    batch: list[protocol.Item] = []
-    size = 0
-    for item in items:
-        item_size = len(item.title) + len(item.summary) * 4 + len(item.link) + 256
-        if batch and (len(batch) >= CLAIM_BATCH or size + item_size > CLAIM_MAX_BYTES):
-            yield batch
-            batch, size = [], 0
-        batch.append(item)
-        size += item_size
-    if batch:
-        yield batch
+@dataclass
+class _Claim:
+    """One Claim frame awaiting dedupe's answer."""
+
+    items: list[protocol.Item]
+    polled: list[str]
+    frame: bytes = b""
+    sent_at: float = 0.0  # monotonic; 0: not yet sent
+    retry_at: float = 0.0  # with a deferral: not before this
+    deferrals: int = 0
+    sources: dict[str, str] = field(default_factory=dict)  # key -> feed
 
 
 class FetcherActor(Actor):
@@ -43,114 +50,205 @@ class FetcherActor(Actor):
     def setup(self) -> None:
         cfg = self.config
         instances = max(1, cfg.actors.fetcher.instances)
-        self.feeds = cfg.enabled_feeds()[self.spec.index::instances]
+        now = time.monotonic()
+        self.feeds = {f.name: f for f in cfg.enabled_feeds()[self.spec.index::instances]}
         self.fetcher = FeedFetcher(cfg, instance=self.spec.index, instances=instances)
+        self.schedule = FeedSchedule(
+            {name: f.poll_interval(cfg.poll_interval_s) for name, f in self.feeds.items()},
+            jitter_fraction=cfg.fetch.jitter_fraction, now=now)
         self.outage = OutageDetector(cycles=cfg.fetch.outage_cycles)
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="fetch")
+        self.staleness = Staleness({name: cfg.fetch.stale_after_s(f)
+                                    for name, f in self.feeds.items()}, now=time.time())
+        self.next_stale_check = now + STALE_CHECK_S
         # A finished fetch wakes the loop at once (tick collects it): no polling delay.
         self.fetch_done = self.waker()
+        self.polls: dict[str, tuple[Future | None, float]] = {}  # feed -> (future, started)
         self.rpc = self.socket(zmq.DEALER, connect=cfg.endpoint("dedupe_rpc"))
+        self.rpc.setsockopt(zmq.MAXMSGSIZE, protocol.SOCKET_MAX_BYTES)
         self.add_reader(self.rpc, self._on_replies)
         self.codec = protocol.Codec(protocol.Claimed)
-        self.cycle = int(self.spec.options.get("first_cycle", 1))
+        first_cycle = int(self.spec.options.get("first_cycle", 1))
+        self.cycles_before = first_cycle - 1  # done by earlier incarnations
         self.max_cycles = self.spec.options.get("max_cycles")
-        self.cycles_done = self.cycle - 1
-        self.next_poll = time.monotonic()
-        self.running: Future | None = None
-        self.cycle_started = 0.0
-        self.unconfirmed: dict[int, tuple[bytes, float]] = {}
+        self.cycle_items = 0  # items (and 304s) in the cycle under way, for outages
+        self.unconfirmed: dict[int, _Claim] = {}
+        self.backlog_bytes = 0
         self.next_req_id = 1
+        self.last_cycle_s = 0.0
+        self.cycle_started = now
+
+    @property
+    def cycles_done(self) -> int:
+        return self.cycles_before + self.schedule.cycles_done
 
     @property
     def finished(self) -> bool:
-        return self.max_cycles is not None and self.cycles_done >= self.max_cycles
+        return (self.max_cycles is not None and self.cycles_done >= self.max_cycles
+                and not self.polls and not self.unconfirmed)
 
-    def _start_cycle(self, now: float) -> None:
+    # Polling ------------------------------------------------------------------
+
+    def _polling(self) -> bool:
+        if self.stopping or (self.max_cycles is not None and self.cycles_done >= self.max_cycles):
+            return False
+        return self.backlog_bytes < BACKLOG_MAX_BYTES
+
+    def _start_due(self, now: float) -> None:
+        if not self._polling():
+            return
+        for name in self.schedule.due(now):
+            self.schedule.started(name)
+            future = self.fetcher.submit(self.feeds[name], self.fetch_done.wake)
+            self.polls[name] = (future, now)
+
+    def _collect_done(self, now: float) -> None:
+        for name, (future, started) in list(self.polls.items()):
+            if future is not None and not future.done():
+                continue
+            del self.polls[name]
+            result = self.fetcher.collect(self.feeds[name], future)
+            self.counters["polls"] += 1
+            self.counters["fetched"] += len(result.items)
+            self.counters["feed_errors"] += result.status == "error"
+            # A 304 is a feed saying "nothing new", alive and well: not a sign of an outage.
+            self.cycle_items += len(result.items) + (result.status == "not_modified")
+            self._queue_claims(result.items, name)
+            if self.schedule.finished(name, started, not_before=self.fetcher.not_before(name)):
+                self._cycle_done(now)
+        self._send_claims(now)
+
+    def _cycle_done(self, now: float) -> None:
+        self.last_cycle_s = now - self.cycle_started
         self.cycle_started = now
-        self.next_poll = now + self.config.poll_interval_s
-        self.running = self.pool.submit(self.fetcher.fetch_cycle, self.feeds)
-        self.running.add_done_callback(self.fetch_done.wake)
-
-    def _collect(self, now: float) -> None:
-        future, self.running = self.running, None
-        try:
-            results = future.result()
-        except Exception:  # a bug in a parser must not kill the poller; it is logged
-            log.exception("%s: fetch cycle %d failed", self.name, self.cycle)
-            self.counters["cycle_errors"] += 1
-            results = []
-        items = [item for r in results for item in r.items]
-        self.counters["fetched"] += len(items)
-        self.counters["feed_errors"] += sum(r.status == "error" for r in results)
-        # A 304 is a feed saying "nothing new", alive and well: not a sign of an outage.
-        event = self.outage.observe(len(items) + sum(r.status == "not_modified" for r in results))
+        event = self.outage.observe(self.cycle_items)
+        self.cycle_items = 0
         if event == "outage":
             self.admin("outage", f"no items from any feed for {self.outage.cycles} cycles",
                        reason="no_items", level="error")
         elif event == "recovered":
             self.admin("outage_recovered", "feeds are returning items again",
                        reason="items_back", level="info")
-        for batch in claim_batches(items):
-            claim = protocol.Claim(req_id=self.next_req_id, items=batch)
-            self.unconfirmed[self.next_req_id] = (protocol.encode(claim), 0.0)
-            self.next_req_id += 1
-        self._send_claims(now)
-        self.last_cycle_s = now - self.cycle_started
+        if self.max_cycles is not None and self.cycles_done >= self.max_cycles:
+            log.info("%s: polled every feed %d times", self.name, self.cycles_done)
+
+    # Claims -------------------------------------------------------------------
+
+    def _queue_claims(self, items: list[protocol.Item], feed: str) -> None:
+        """The feed's items in claims cut by their exact encoded size; its last claim (an
+        empty one when it found nothing) says the feed's poll is complete."""
+        batches = list(protocol.fit_batches(items)) or [[]]
+        for i, batch in enumerate(batches):
+            self._add_claim(batch, [feed] if i == len(batches) - 1 else [])
+
+    def _add_claim(self, items: list[protocol.Item], polled: list[str]) -> None:
+        req_id, self.next_req_id = self.next_req_id, self.next_req_id + 1
+        claim = _Claim(items, polled, sources={i.key: i.source for i in items})
+        claim.frame = protocol.encode(protocol.Claim(req_id=req_id, items=items, polled=polled))
+        self.unconfirmed[req_id] = claim
+        self.backlog_bytes += len(claim.frame)
 
     def _send_claims(self, now: float) -> None:
-        for req_id, (frame, sent_at) in list(self.unconfirmed.items()):
-            if now - sent_at < CLAIM_RETRY_S:
+        for claim in list(self.unconfirmed.values()):
+            if now < claim.retry_at or (claim.sent_at and now - claim.sent_at < CLAIM_RETRY_S):
                 continue
             try:
-                self.rpc.send(frame, zmq.NOBLOCK)
+                self.rpc.send(claim.frame, zmq.NOBLOCK)
             except zmq.Again:
                 return  # dedupe is not there yet; try again on the next turn
-            if sent_at:
+            if claim.sent_at:
                 self.counters["claim_retries"] += 1
-            self.unconfirmed[req_id] = (frame, now)
+            claim.sent_at = now
 
     def _on_replies(self) -> None:
+        now = time.monotonic()
         for _, reply in self.recv_messages(self.rpc, self.codec):
-            self.unconfirmed.pop(reply.req_id, None)
-        self._maybe_finish_cycle()
+            claim = self.unconfirmed.get(reply.req_id)
+            if claim is None:
+                continue  # an answer to a resend already answered
+            if reply.error is None:
+                self._confirmed(reply.req_id, claim, reply.new)
+            elif reply.retry:
+                self._deferred(claim, reply.error, now)
+            else:
+                self._refused(reply.req_id, claim, reply.error)
+        self._send_claims(now)
 
-    def _maybe_finish_cycle(self) -> None:
-        if self.running is None and not self.unconfirmed and self.cycle_started:
-            self.cycles_done = self.cycle
-            self.cycle += 1
-            self.cycle_started = 0.0
-            if self.finished:
-                log.info("%s: finished %d cycles", self.name, self.cycles_done)
+    def _forget(self, req_id: int) -> _Claim:
+        claim = self.unconfirmed.pop(req_id)
+        self.backlog_bytes -= len(claim.frame)
+        return claim
+
+    def _confirmed(self, req_id: int, claim: _Claim, new: list[str]) -> None:
+        self._forget(req_id)
+        self.counters["claimed_new"] += len(new)
+        self.staleness.saw_new({claim.sources[k] for k in new if k in claim.sources},
+                               time.time())
+
+    def _deferred(self, claim: _Claim, error: str, now: float) -> None:
+        """The store is away (a full disk...): keep the claim, send it again later."""
+        claim.deferrals += 1
+        claim.retry_at = now + min(DEFERRED_RETRY_MAX_S, 0.5 * 2 ** min(claim.deferrals, 5))
+        claim.sent_at = 0.0
+        self.counters["claims_deferred"] += 1
+        if claim.deferrals == 1:
+            log.warning("%s: dedupe cannot take claims now (%s); holding them", self.name, error)
+
+    def _refused(self, req_id: int, claim: _Claim, error: str) -> None:
+        """Too large or invalid: halves go again; an item alone is dropped, counted."""
+        self._forget(req_id)
+        if len(claim.items) > 1:
+            half = len(claim.items) // 2
+            self._add_claim(claim.items[:half], [])
+            self._add_claim(claim.items[half:], claim.polled)
+            self.counters["claims_split"] += 1
+            return
+        for item in claim.items:
+            self.counters["items_refused"] += 1
+            log.warning("%s: dedupe refused item %r from %s: %s", self.name, item.key[:200],
+                        item.source, error)
+        if claim.polled:  # the feed's poll still completes
+            self._add_claim([], claim.polled)
+
+    # The loop -----------------------------------------------------------------
 
     def next_deadline(self, now: float) -> float:
-        if self.running is not None:
-            return now + self.heartbeat_interval  # the fetch wakes the loop when it is done
+        deadline = now + self.heartbeat_interval
         if self.unconfirmed:
-            return now + min(CLAIM_RETRY_S / 4, self.heartbeat_interval)
-        if self.stopping or self.finished:
-            return now + self.heartbeat_interval
-        return self.next_poll
+            retry = min((c.retry_at if c.retry_at > now else c.sent_at + CLAIM_RETRY_S)
+                        for c in self.unconfirmed.values())
+            deadline = min(deadline, max(retry, now + 0.01))
+        if self._polling():
+            deadline = min(deadline, self.schedule.next_due())
+        return deadline
 
     def tick(self, now: float) -> None:
-        if self.running is not None and self.running.done():
-            self._collect(now)
+        if self.polls:
+            self._collect_done(now)
         if self.unconfirmed:
             self._send_claims(now)
-        self._maybe_finish_cycle()
-        if (self.running is None and not self.unconfirmed and not self.stopping
-                and not self.finished and now >= self.next_poll):
-            self._start_cycle(now)
+        self._start_due(now)
+        if now >= self.next_stale_check:
+            self.next_stale_check = now + STALE_CHECK_S
+            for feed, event, message in self.staleness.check(time.time()):
+                self.admin(event, message, reason=feed,
+                           level="warning" if event == "feed_stale" else "info")
 
     def idle(self) -> bool:
-        return self.running is None and not self.unconfirmed
+        return not self.polls and not self.unconfirmed
 
     def stats(self) -> dict:
+        now = time.monotonic()
+        feeds = self.fetcher.stats()
+        for name, feed_stats in feeds["feeds"].items():
+            feed_stats["next_poll_in_s"] = self.schedule.next_poll_in(name, now)
+            feed_stats["polling"] = name in self.polls
+            feed_stats["last_new_at"] = self.staleness.last_new_at(name)
+            feed_stats["stale"] = self.staleness.is_stale(name)
         return {"cycles_done": self.cycles_done, "finished": self.finished,
                 "unconfirmed_batches": len(self.unconfirmed),
-                "last_cycle_s": round(getattr(self, "last_cycle_s", 0.0), 3),
-                "feeds": self.fetcher.stats()}
+                "backlog_bytes": self.backlog_bytes, "polls_in_flight": len(self.polls),
+                "last_cycle_s": round(self.last_cycle_s, 3), "feeds": feeds}
 
     def teardown(self) -> None:
-        if hasattr(self, "pool"):
-            self.pool.shutdown(wait=False, cancel_futures=True)
+        if hasattr(self, "fetcher"):
             self.fetcher.close()

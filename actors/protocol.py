@@ -29,6 +29,7 @@ SOCKET_MAX_BYTES = 2 * MAX_MESSAGE_BYTES
 Key = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 ShortText = Annotated[str, msgspec.Meta(max_length=2048)]
 LongText = Annotated[str, msgspec.Meta(max_length=16384)]
+LinkText = Annotated[str, msgspec.Meta(max_length=8192)]  # a link is never cut
 Ticker = Annotated[str, msgspec.Meta(min_length=1, max_length=16)]
 Score = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 Sentiment = Annotated[float, msgspec.Meta(ge=-1.0, le=1.0)]
@@ -39,7 +40,7 @@ class Item(msgspec.Struct, kw_only=True, gc=False):
 
     key: Key  # the dedupe key: "sec:<accession>" or the normalised link
     title: ShortText
-    link: ShortText
+    link: LinkText
     source: ShortText  # feed name
     kind: Literal["pr", "sec"]
     published: float | None = None  # epoch seconds, None when the feed gave none
@@ -49,6 +50,7 @@ class Item(msgspec.Struct, kw_only=True, gc=False):
     form: ShortText | None = None  # SEC form type, e.g. "8-K" or "8-K/A"
     cik: ShortText | None = None  # 10-digit, zero padded
     signature: ShortText | None = None  # cross-wire copy signature, when known
+    holder: ShortText | None = None  # Schedule 13D/G: who filed it (the issuer is the news)
 
 
 class Analysis(msgspec.Struct, kw_only=True, gc=False):

@@ -31,6 +31,7 @@ class FeedConfig:
     enabled: bool = True
     interval_s: float | None = setting(None, gt=0)  # None: poll_interval_s
     first_poll: Literal["mark_seen", "alert"] | None = None  # None: fetch.first_poll
+    stale_after_h: float | None = setting(None, gt=0)  # None: fetch.stale_after_h
 
     def poll_interval(self, default_s: float) -> float:
         return self.interval_s if self.interval_s is not None else default_s
@@ -57,9 +58,17 @@ class FetchConfig:
     # A feed's first poll ever (fresh install, or a feed added later): mark_seen records
     # what it finds as seen without alerting it; alert sends it all.
     first_poll: Literal["mark_seen", "alert"] = "mark_seen"
+    # A feed's next poll comes one interval after its last began, minus up to this
+    # fraction of it at random (jitter only ever shortens a wait), so feeds drift apart.
+    jitter_fraction: float = setting(0.1, ge=0, le=0.5)
+    # A feed with nothing new for this long while others had news raises feed_stale.
+    stale_after_h: float = setting(72.0, gt=0)
 
     def first_poll_of(self, feed: FeedConfig) -> str:
         return feed.first_poll or self.first_poll
+
+    def stale_after_s(self, feed: FeedConfig) -> float:
+        return 3600.0 * (feed.stale_after_h or self.stale_after_h)
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,11 @@ class LLMConfig:
     daily_budget_usd: float = setting(5.0, ge=0)  # per UTC day, for `model`
     fallback_daily_budget_usd: float = setting(1.0, ge=0)  # for `fallback_model`
     budget_warn_fraction: float = setting(0.8, gt=0, le=1)
+    # One feed's spend a UTC day (all models) as a fraction of daily_budget_usd plus
+    # fallback_daily_budget_usd; then keywords answer its items. feed_daily_budget_usd:
+    # USD caps of named feeds instead.
+    feed_daily_budget_fraction: float = setting(0.25, gt=0, le=1)
+    feed_daily_budget_usd: dict[str, float] = setting(factory=dict)
     pricing: dict[str, ModelPrice] = setting(factory=ModelPrice.gemini_list_prices)
     sqlite: SqliteConfig = setting(factory=SqliteConfig)  # llm_cache.db: cache and spend
 
@@ -275,7 +289,7 @@ class Config:
     run_dir: str = "var/run"
     data_dir: str = "var/data"
     log_dir: str = "var/log"
-    poll_interval_s: float = setting(60.0, gt=0)
+    poll_interval_s: float = setting(10.0, gt=0)
     sec_user_agent: str | None = None
     feeds: list[FeedConfig] = setting(factory=list)
     fetch: FetchConfig = setting(factory=FetchConfig)

@@ -21,7 +21,8 @@ def demo_config(server: DemoFeedServer) -> dict:
         "poll_interval_s": 1.0,
         "sec_user_agent": "Catalyst Supervisor demo demo@example.com",
         "feeds": server.feeds(),
-        "fetch": {"company_tickers_url": server.company_tickers_url,
+        # The demo alerts its bundled items on the first poll (a real desk marks them seen).
+        "fetch": {"company_tickers_url": server.company_tickers_url, "first_poll": "alert",
                   "connect_timeout_s": 2.0, "read_timeout_s": 5.0},
         "dedupe": {"lease_s": 10.0},
         "alerts": {

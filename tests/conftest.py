@@ -97,7 +97,7 @@ def base_config(workdir: Path, feeds: list[dict], **overrides) -> dict:
         "poll_interval_s": 0.3,
         "sec_user_agent": "Catalyst Tests tests@example.com",
         "feeds": feeds,
-        "fetch": {"connect_timeout_s": 2, "read_timeout_s": 3},
+        "fetch": {"connect_timeout_s": 2, "read_timeout_s": 3, "first_poll": "alert"},
         "dedupe": {"lease_s": 3.0, "max_attempts": 50},
         "alerts": {"min_score": 0.0,
                    "sinks": [{"type": "jsonl", "path": "alerts.jsonl"}],

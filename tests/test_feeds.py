@@ -283,12 +283,12 @@ def test_the_edgar_request_rate_stays_under_the_limit_across_a_burst(server, mak
     times = sorted(s.at for s in server.requests())
     assert len(times) == 11  # the CIK map is an EDGAR request too
     limit = 5
-    # Arrival times wobble around the client's pacing (connection set-up, a busy CI host);
-    # an unpaced burst would land within milliseconds, a 10 rps pace in 0.5 s windows.
-    jitter = 0.15
+    # Arrival times wobble around the client's pacing (connection set-up, a busy CI host):
+    # paced at exactly the limit, jitter alone put limit + 1 arrivals within one second.
+    # The pacing margin absorbs it: no window of 1 s ever holds more than the limit.
     for i in range(len(times) - limit):
-        assert times[i + limit] - times[i] >= 1.0 - jitter, f"more than {limit} EDGAR requests within 1 s"
-    assert times[-1] - times[0] >= (len(times) - 1) / limit - jitter
+        assert times[i + limit] - times[i] >= 1.0, f"more than {limit} EDGAR requests within 1 s"
+    assert times[-1] - times[0] >= (len(times) - 1) / limit
     assert fetcher.stats()["edgar"]["requests"] == 11
 
 
@@ -388,7 +388,9 @@ def test_items_pass_protocol_validation_and_stats_are_json(server, make_fetcher,
         result = one(fetcher, feeds)
     message = protocol.Claim(req_id=1, items=result.items)
     decoded = protocol.Codec(protocol.Claim).decode(protocol.encode(message))
-    assert len(decoded.items) == 1 and decoded.items[0].link == ""  # too long to be a usable link
+    # A link is never cut: a 3,000-character one arrives whole, keyed by a hash of its form.
+    assert len(decoded.items) == 1 and decoded.items[0].link == "https://wire.example/" + "p" * 3000
+    assert len(decoded.items[0].key) <= 1024
     stats = json.loads(json.dumps(fetcher.stats()))
     assert stats["feeds"]["wire"]["last_status"] == "ok" and stats["feeds"]["wire"]["last_elapsed_s"] > 0
     assert any("feed wire: ok" in r.getMessage() for r in caplog.records)

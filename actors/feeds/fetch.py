@@ -1,4 +1,6 @@
-"""FeedFetcher: one concurrent, bounded poll of every feed per cycle, for the fetcher actor."""
+"""FeedFetcher: bounded, concurrent polls of single feeds for the fetcher actor (each on
+its own schedule, schedule.py), with per-feed breakers, validators, Retry-After and stats.
+fetch_cycle() polls every feed once and waits: benchmarks and tests use it."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
 from actors.errors import FeedError
 from actors.feeds.cik_map import CIK_MAP_FILE, CIK_MAP_MAX_BYTES, CikTickerMap
@@ -19,7 +21,9 @@ from actors.feeds.http import (
     FetchError,
     HttpClient,
     HttpResponse,
+    HttpStatusError,
     RateLimited,
+    retry_after_s,
 )
 from actors.feeds.items import build_items
 from actors.feeds.outage import OutageDetector
@@ -52,6 +56,8 @@ class FeedResult:
     http_status: int | None = None
     entries: int = 0  # entries in the document
     stale: int = 0  # entries dropped as older than the freshness window
+    refused: int = 0  # entries refused (a link past any sane size), counted and named
+    refused_reason: str | None = None
 
 
 @dataclass
@@ -62,6 +68,7 @@ class _Outcome:
     etag: str | None = None
     last_modified: str | None = None
     counts_for_breaker: bool = True
+    retry_after_s: float | None = None  # the server asked us to wait this long (429, 503)
 
 
 class _FeedState:
@@ -75,17 +82,25 @@ class _FeedState:
         self.counts = {"ok": 0, "not_modified": 0, "error": 0, "skipped": 0}
         self.items_total = 0
         self.stale_total = 0
+        self.refused_total = 0
         self.last: FeedResult | None = None
+        self.last_success_at: float | None = None  # wall time
+        self.last_error: str | None = None
+        self.last_error_at: float | None = None  # wall time
+        self.retry_after_until = 0.0  # monotonic: not before this (Retry-After)
 
     def stats(self) -> dict:
         last = self.last
         return {"breaker": self.breaker.stats(), "counts": dict(self.counts),
                 "items_total": self.items_total, "stale_total": self.stale_total,
+                "refused_total": self.refused_total,
                 "last_status": last.status if last else None,
-                "last_error": last.error if last else None,
+                "last_success_at": self.last_success_at,
+                "last_error": self.last_error, "last_error_at": self.last_error_at,
                 "last_elapsed_s": round(last.elapsed_s, 4) if last else None,
                 "last_http_status": last.http_status if last else None,
                 "last_items": len(last.items) if last else None,
+                "last_refused_reason": last.refused_reason if last else None,
                 "last_bytes": last.bytes_read if last else None}
 
 
@@ -112,45 +127,66 @@ class FeedFetcher:
         self._feeds: dict[str, _FeedState] = {}
         self._inflight: set[str] = set()
         self._inflight_lock = threading.Lock()
+        self._cik_lock = threading.Lock()  # one refresh of the CIK map at a time
         # stats() is called from the actor's main thread while a cycle runs in another.
         self._stats_lock = threading.Lock()
         self.cycles = 0
         self.last_cycle_s = 0.0
 
-    # The cycle -------------------------------------------------------------------
+    # One poll of one feed -------------------------------------------------------
+
+    def submit(self, feed, on_done: Callable[[Future], None] | None = None) -> Future | None:
+        """Starts one poll of feed on the pool (its result via collect()); None, with the
+        skip recorded, when its breaker is open or a fetch of it is still running."""
+        state = self._state(feed.name)
+        with self._inflight_lock:
+            busy = feed.name in self._inflight
+            if not busy and state.breaker.allow():
+                self._inflight.add(feed.name)
+                future = self._pool.submit(self._fetch_feed, feed, state.etag,
+                                           state.last_modified)
+                if on_done is not None:
+                    future.add_done_callback(on_done)
+                return future
+        reason = ("the previous fetch is still running" if busy else
+                  f"breaker open for {state.breaker.stats()['open_remaining_s']:.1f} s more")
+        self._apply(state, _Outcome(FeedResult(feed.name, "skipped", error=reason),
+                                    counts_for_breaker=False))
+        return None
+
+    def collect(self, feed, future: Future | None) -> FeedResult:
+        """The result of a poll submit() started (the future done), applied to the feed's
+        state; a future still running counts as an error (its worker keeps its slot)."""
+        if future is None:  # skipped at submit
+            return self._state(feed.name).last
+        if future.done():
+            outcome = future.result()
+        else:
+            outcome = _Outcome(FeedResult(feed.name, "error",
+                                          error="no result within the cycle deadline"))
+        self._apply(self._state(feed.name), outcome)
+        return outcome.result
+
+    def not_before(self, name: str) -> float:
+        """The earliest monotonic time the feed may be polled again: an open breaker's end,
+        or what the server asked for in Retry-After."""
+        state = self._state(name)
+        breaker = state.breaker
+        opened = breaker.open_until if breaker.state == "open" else 0.0
+        return max(opened, state.retry_after_until)
+
+    # A whole cycle at once (benchmarks, tests) ------------------------------------
 
     def fetch_cycle(self, feeds: list) -> list[FeedResult]:
         """Fetch every enabled feed once, concurrently; one FeedResult each, in order."""
         started = time.monotonic()
         feeds = [f for f in feeds if f.enabled]
-        if any(f.kind == "sec" for f in feeds) and self.ciks.needs_refresh():
-            self.ciks.refresh(self._download_cik_map)
-        results: dict[str, FeedResult] = {}
-        futures: dict[Future, object] = {}
-        for feed in feeds:
-            state = self._state(feed.name)
-            with self._inflight_lock:
-                busy = feed.name in self._inflight
-                if not busy and state.breaker.allow():
-                    self._inflight.add(feed.name)
-                    futures[self._pool.submit(self._fetch_feed, feed, state.etag,
-                                              state.last_modified)] = feed
-                    continue
-            reason = ("the previous fetch is still running" if busy else
-                      f"breaker open for {state.breaker.stats()['open_remaining_s']:.1f} s more")
-            results[feed.name] = FeedResult(feed.name, "skipped", error=reason)
-            self._apply(state, _Outcome(results[feed.name], counts_for_breaker=False))
-        done, _ = wait(futures, timeout=self._cycle_deadline(len(futures)))
-        for future, feed in futures.items():
-            if future in done:
-                outcome = future.result()
-            else:  # the worker keeps its _inflight slot until it ends, so it is not doubled
-                outcome = _Outcome(FeedResult(feed.name, "error", error="no result within the cycle deadline"))
-            self._apply(self._state(feed.name), outcome)
-            results[feed.name] = outcome.result
+        futures = {f.name: self.submit(f) for f in feeds}
+        running = [fut for fut in futures.values() if fut is not None]
+        wait(running, timeout=self._cycle_deadline(len(running)))
+        ordered = [self.collect(f, futures[f.name]) for f in feeds]
         self.cycles += 1
         self.last_cycle_s = time.monotonic() - started
-        ordered = [results[f.name] for f in feeds]
         log.info("cycle %d: %d feeds, %d items, %.3f s", self.cycles, len(ordered),
                  sum(len(r.items) for r in ordered), self.last_cycle_s)
         return ordered
@@ -186,11 +222,17 @@ class FeedFetcher:
             state.breaker.record_success()
             state.etag = outcome.etag or state.etag
             state.last_modified = outcome.last_modified or state.last_modified
-        elif result.status == "error" and outcome.counts_for_breaker:
-            state.breaker.record_failure()
+            state.last_success_at = time.time()
+        elif result.status == "error":
+            if outcome.counts_for_breaker:
+                state.breaker.record_failure()
+            state.last_error, state.last_error_at = result.error, time.time()
+        if outcome.retry_after_s is not None:
+            state.retry_after_until = time.monotonic() + outcome.retry_after_s
         state.counts[result.status] += 1
         state.items_total += len(result.items)
         state.stale_total += result.stale
+        state.refused_total += result.refused
         state.last = result
 
     # One feed (worker thread) ----------------------------------------------------
@@ -210,6 +252,7 @@ class FeedFetcher:
         started = time.monotonic()
         try:
             if feed.kind == "sec":
+                self._refresh_cik_map()
                 self.edgar.acquire()
                 started = time.monotonic()  # elapsed_s is the feed's time, not its EDGAR queue's
             response = self._get(feed.url, feed.kind, etag, last_modified, self.fetch.max_bytes)
@@ -226,7 +269,8 @@ class FeedFetcher:
             result = FeedResult(feed.name, "error", error=str(exc))
             outcome = _Outcome(result, counts_for_breaker=False)
         except FeedError as exc:
-            outcome = _Outcome(FeedResult(feed.name, "error", error=str(exc)))
+            outcome = _Outcome(FeedResult(feed.name, "error", error=str(exc)),
+                               retry_after_s=getattr(exc, "retry_after_s", None))
         outcome.result.elapsed_s = time.monotonic() - started
         if response is not None:
             outcome.result.http_status = response.status
@@ -256,7 +300,9 @@ class FeedFetcher:
             result = FeedResult(feed.name, "not_modified", http_status=304)
             return _Outcome(result, etag, last_modified)
         if not 200 <= response.status < 300:
-            raise FetchError(f"HTTP {response.status}")
+            wait = retry_after_s(response.headers.get("Retry-After")) \
+                if response.status in (429, 503) else None
+            raise HttpStatusError(response.status, wait)
         content_type = response.headers.get("Content-Type", "")
         parsed = parse_document(response.body, content_type, response.url)
         now = time.time()
@@ -267,8 +313,16 @@ class FeedFetcher:
         if parsed.complaint:
             log.debug("feed %s parsed despite: %s", feed.name, parsed.complaint)
         result = FeedResult(feed.name, "ok", items=batch.items, http_status=response.status,
-                            bytes_read=response.bytes_read, entries=batch.entries, stale=batch.stale)
+                            bytes_read=response.bytes_read, entries=batch.entries, stale=batch.stale,
+                            refused=batch.refused, refused_reason=batch.refused_reason)
         return _Outcome(result, etag, last_modified)
+
+    def _refresh_cik_map(self) -> None:
+        """On an EDGAR feed's worker: the CIK map, if it is due, before the feed's items
+        need it (other EDGAR feeds wait for the one refresh; the wires never do)."""
+        with self._cik_lock:
+            if self.ciks.needs_refresh():
+                self.ciks.refresh(self._download_cik_map)
 
     def _download_cik_map(self, url: str) -> bytes:
         self.edgar.acquire()

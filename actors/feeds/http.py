@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import email.utils
 import heapq
 import http.cookiejar
 import itertools
@@ -35,6 +37,9 @@ ERROR_BODY_BYTES = 64 * 1024
 DEADLINE_READ_TIMEOUTS = 2.0
 # Host pools kept by the session; feeds live on a few dozen hosts at most.
 POOL_HOSTS = 64
+# Longest wait a Retry-After header can impose on one feed; a server asking a day is
+# treated as asking an hour, and its breaker takes it from there.
+RETRY_AFTER_MAX_S = 3600.0
 
 
 
@@ -56,6 +61,48 @@ class RateLimited(FetchError):
 
 class BackingOff(FetchError):
     """The host is in a rate-limit backoff; the request was not sent."""
+
+
+def check_redirect(came_from: str, location: str) -> str:
+    """Where a redirect leads; FetchError when it leaves the web (another scheme) or goes
+    from https down to plain http (a downgrade anyone on the path could have asked for)."""
+    url = urljoin(came_from, location)
+    if not url.lower().startswith(("http://", "https://")):
+        raise FetchError(f"redirect to a non-web URL {url[:200]!r}")
+    if came_from.lower().startswith("https://") and url.lower().startswith("http://"):
+        raise FetchError(f"redirect from https to plain http {url[:200]!r}: refused")
+    return url
+
+
+class HttpStatusError(FetchError):
+    """A status other than 2xx or 304; retry_after_s when the server named a wait."""
+
+    def __init__(self, status: int, retry_after_s: float | None = None):
+        wait = f", Retry-After {retry_after_s:.0f} s" if retry_after_s is not None else ""
+        super().__init__(f"HTTP {status}{wait}")
+        self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_s(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds a Retry-After header asks for (delta-seconds or an HTTP-date), capped at
+    RETRY_AFTER_MAX_S; None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError, OverflowError):
+            return None
+        if when is None:
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.timezone.utc)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), RETRY_AFTER_MAX_S)
 
 
 @dataclass
@@ -253,10 +300,8 @@ class HttpClient:
                                     allow_redirects=False)
             if not resp.is_redirect:
                 return resp
-            url = urljoin(resp.url, resp.headers["Location"])
+            url = check_redirect(resp.url, resp.headers["Location"])
             resp.close()  # unread: the connection is dropped, not reused
-            if not url.lower().startswith(("http://", "https://")):
-                raise FetchError(f"redirect to a non-web URL {url[:200]!r}")
         raise FetchError(f"more than {MAX_REDIRECTS} redirects (a redirect loop?)")
 
     @staticmethod

@@ -26,7 +26,8 @@ class NotAFeed(FeedError):
 
 
 class HostileFeed(FeedError):
-    """A document that declares entities (billion laughs and kin); refused unparsed."""
+    """A document that declares entities or has a DOCTYPE internal subset (billion laughs
+    and kin), in whatever encoding it is spelled; refused unparsed."""
 
 
 @dataclass
@@ -45,6 +46,7 @@ _HTML_START = re.compile(rb"\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|b
 _XML_ENCODING = re.compile(rb"<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._:\-]+)", re.I)
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:\-]+)", re.I)
 _UTF8_NAMES = frozenset({"utf-8", "utf8"})
+_INTERNAL_SUBSET = re.compile(r"<!DOCTYPE[^\[>]*\[")
 
 
 def _ascii_view(body: bytes) -> bytes:
@@ -63,25 +65,53 @@ def _ascii_view(body: bytes) -> bytes:
     return head[:PROLOG_MAX_BYTES]
 
 
-def declares_entities(body: bytes) -> bool:
-    """Does a DOCTYPE declare entities? Billion laughs and external entities need one.
+def declares_entities(body: bytes, content_type: str = "") -> bool:
+    """Does a DOCTYPE declare entities or carry an internal subset? Billion laughs and
+    external entities need one; no feed does.
 
     The whole body is scanned (bytes.find runs at memory speed), not just what looks like
-    the prolog: a comment inside the internal subset could fake where the prolog ends.
+    the prolog: a comment inside the internal subset could fake where the prolog ends. It
+    is scanned as bytes in UTF-8 and UTF-16 and, decoded, in the encoding the document
+    declares, so a declaration spelled in UTF-7 (``<!+AEU-NTITY``) or EBCDIC is seen too.
     """
     for doctype, entity in _DOCTYPE_ENTITY:
         start = body.find(doctype)
         if start >= 0 and body.find(entity, start) >= 0:
             return True
-    return False
+    text = _decoded(body, content_type)
+    start = text.find("<!DOCTYPE")
+    if start < 0:
+        return False
+    return "<!ENTITY" in text[start:] or _INTERNAL_SUBSET.match(text, start) is not None
+
+
+def _decoded(body: bytes, content_type: str) -> str:
+    """The body as text in the encoding a parser would pick (BOM, XML declaration,
+    charset, else UTF-8), undecodable bytes replaced; an unknown encoding is refused."""
+    declared = None
+    match = _XML_ENCODING.search(body, 0, 512)
+    if match:
+        declared = match.group(1).decode("ascii")
+    elif (charset := _CHARSET.search(content_type)) is not None:
+        declared = charset.group(1)
+    for bom, encoding in _BOMS:
+        if body.startswith(bom):
+            declared = encoding
+            break
+    try:
+        codec = codecs.lookup(declared or "utf-8")
+    except LookupError:
+        raise HostileFeed(f"declared encoding {declared!r} is unknown: refused") from None
+    return body.decode(codec.name, "replace")
 
 
 def check_document(body: bytes, content_type: str = "") -> str:
     """The root element's local name of a feed document; NotAFeed or HostileFeed otherwise."""
     if not body or body.isspace():
         raise NotAFeed("empty body")
-    if declares_entities(body):
-        raise HostileFeed("document declares XML entities (DOCTYPE <!ENTITY>): refused")
+    if declares_entities(body, content_type):
+        raise HostileFeed("document declares XML entities or a DOCTYPE internal subset: "
+                          "refused")
     head = _ascii_view(body)
     if _HTML_START.match(head):
         raise NotAFeed(f"an HTML page, not a feed (content-type {content_type or 'unset'})")
