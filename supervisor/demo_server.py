@@ -43,8 +43,8 @@ DEMO_FEEDS: tuple[tuple[str, str], ...] = (
     ("edgar-8k", "sec"),
     ("edgar-424b5", "sec"),
     ("edgar-fwp", "sec"),
-    ("edgar-sc13d", "sec"),
-    ("edgar-sc13g", "sec"),
+    ("edgar-13d", "sec"),
+    ("edgar-13g", "sec"),
 )
 
 BARS = 390  # one regular session of one-minute bars

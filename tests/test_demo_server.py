@@ -45,14 +45,14 @@ def test_config_entries_name_every_feed_with_its_kind(server):
     feeds = server.feeds()
     kinds = {f["name"]: f["kind"] for f in feeds}
     assert {"globenewswire", "prnewswire", "businesswire", "accesswire"} <= set(kinds)
-    assert {"edgar-8k", "edgar-424b5", "edgar-fwp", "edgar-sc13d", "edgar-sc13g"} <= set(kinds)
+    assert {"edgar-8k", "edgar-424b5", "edgar-fwp", "edgar-13d", "edgar-13g"} <= set(kinds)
     assert all(kinds[n] == ("sec" if n.startswith("edgar") else "pr") for n in kinds)
     assert all(f["url"].startswith(server.base_url + "/feeds/") for f in feeds)
     assert server.price_url == server.base_url + "/prices/{ticker}.json"
     assert server.base_url.startswith("http://127.0.0.1:")
 
 
-@pytest.mark.parametrize("name", ["globenewswire", "accesswire", "edgar-8k", "edgar-sc13g"])
+@pytest.mark.parametrize("name", ["globenewswire", "accesswire", "edgar-8k", "edgar-13g"])
 def test_repeated_polls_repeat_earlier_items_and_add_new_ones(name):
     with DemoFeedServer() as server:
         url = feed_url(server, name)
@@ -128,7 +128,7 @@ def test_edgar_feeds_look_like_getcurrent(server):
             assert f"AccNo:</b> {acc.group(1)}" in entry.summary
             forms.add(match.group(1))
             per_accession[acc.group(1)].append(match.group(3))
-    assert {"8-K", "8-K/A", "424B5", "FWP", "SC 13D", "SC 13G"} <= forms
+    assert {"8-K", "8-K/A", "424B5", "FWP", "SCHEDULE 13D", "SCHEDULE 13G"} <= forms
     pairs = [roles for roles in per_accession.values() if len(roles) == 2]
     assert len(pairs) >= 5
     assert all(sorted(roles) == ["Filed by", "Subject"] for roles in pairs)
