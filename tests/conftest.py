@@ -166,7 +166,10 @@ class Running:
         path = self.workdir / "alerts.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        # Only whole lines: a long one may be caught half written.
+        text = path.read_text()
+        return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()
+                if line.strip()]
 
     def admin_events(self) -> list[dict]:
         path = self.workdir / "admin.jsonl"
