@@ -2,9 +2,13 @@
 
 It answers ``POST /{api_version}/models/{model}:generateContent`` with the real response
 shape (candidates[0].content.parts[0].text, usageMetadata, modelVersion), classifying
-each item of the request itself so answers are deterministic. A test scripts what comes
-next: ``fake.script("429", "429", "ok")`` queues one-shot behaviours; ``fake.mode`` is
-what happens when the queue is empty. Behaviours:
+each item of the request itself so answers are deterministic. It reads the request the
+way the prompt defines it: the fence named in the system instruction, and each item in
+its own fenced block (a request it cannot read so is refused with 400). Every request is
+kept in ``requests`` (its ids, items and the prompt text) for tests to inspect.
+
+A test scripts what comes next: ``fake.script("429", "429", "ok")`` queues one-shot
+behaviours; ``fake.mode`` is what happens when the queue is empty. Behaviours:
 
     ok          a valid answer for every item
     429         RESOURCE_EXHAUSTED, a google.rpc.RetryInfo body and Retry-After
@@ -14,7 +18,16 @@ what happens when the queue is empty. Behaviours:
     truncated   the JSON cut in half, finishReason MAX_TOKENS
     off_schema  JSON with a category outside the enum and a score of 7
     drop_last   a valid answer missing its last result
+    wrong_ids   every result under an id the request does not have
+    swapped     each result under the next item's id (answers crossed between items)
     hang        no answer until ``hang_s`` has passed (past the client's timeout)
+
+The fake can also play a model that obeys prompt injection, to prove the defences hold:
+``fake.obey(trigger, how, fields)``: whenever a block's text contains ``trigger``, the
+results of every OTHER block of that request are changed. how="overwrite" merges
+``fields`` into them; "duplicate" puts a forged result with ``fields`` merged under each
+of their ids ahead of the real one; "tickers" gives them the injecting block's own
+tickers and merges ``fields``.
 
 It never reaches the internet: it binds 127.0.0.1 on a free port.
 """
@@ -29,10 +42,11 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 _PATH = re.compile(r"^/(?P<version>[^/]+)/models/(?P<model>[^/:]+):generateContent$")
+_FENCE = re.compile(r"This request's fence is ([0-9a-f]+)")
 _TICKER = re.compile(r"\((?:NASDAQ|NYSE|NYSE American|OTC)\s*:\s*([A-Z][A-Z0-9.]{0,7})\)")
 
 
-def fake_analysis(index: int, item: dict) -> dict:
+def fake_analysis(block_id: str, item: dict) -> dict:
     """What the fake model says of an item: keyed on words, so tests know what to expect."""
     title = item.get("title", "")
     lower = title.lower()
@@ -45,7 +59,7 @@ def fake_analysis(index: int, item: dict) -> dict:
     else:
         category, score, sentiment = "earnings_guidance", 0.66, 0.2
     tickers = _TICKER.findall(title) or item.get("tickers", [])
-    return {"index": index, "tickers": tickers, "category": category, "sentiment": sentiment,
+    return {"id": block_id, "tickers": tickers, "category": category, "sentiment": sentiment,
             "score": score, "summary": f"fake-gemini: {title[:200]}", "keywords": ["fake"],
             "material": score >= 0.7}
 
@@ -67,6 +81,9 @@ class FakeGemini:
         self.keys_seen: set[str] = set()
         self.urls_seen: set[str] = set()
         self.last_body: dict | None = None
+        # Each request read: model, fence, ids, items, blocks, system, text (the last 10,000).
+        self.requests: collections.deque[dict] = collections.deque(maxlen=10_000)
+        self.injections: list[tuple[str, str, dict]] = []  # (trigger, how, fields)
         self.in_flight = 0
         self.max_in_flight = 0
         self.released = threading.Event()
@@ -100,6 +117,12 @@ class FakeGemini:
         with self.lock:
             self.queue.extend(behaviours)
 
+    def obey(self, trigger: str, how: str = "overwrite", fields: dict | None = None) -> None:
+        """Plays a model that obeys a block containing ``trigger`` (see the docstring)."""
+        assert how in ("overwrite", "duplicate", "tickers")
+        with self.lock:
+            self.injections.append((trigger, how, dict(fields or {})))
+
     @property
     def total_calls(self) -> int:
         with self.lock:
@@ -123,7 +146,10 @@ class FakeGemini:
         model = match["model"]
         try:
             body = json.loads(raw)
-            items = json.loads(body["contents"][0]["parts"][0]["text"])["items"]
+            system = body["systemInstruction"]["parts"][0]["text"]
+            text = body["contents"][0]["parts"][0]["text"]
+            fence = _FENCE.search(system)[1]
+            ids, items, blocks = _read_blocks(text, fence)
         except (ValueError, KeyError, IndexError, TypeError):
             return self._send(h, 400, _error(400, "INVALID_ARGUMENT", "unreadable request"))
         key = h.headers.get("x-goog-api-key", "")
@@ -132,6 +158,9 @@ class FakeGemini:
             self.keys_seen.add(key)
             self.urls_seen.add(h.path)
             self.last_body = body
+            self.requests.append({"model": model, "fence": fence, "ids": ids, "items": items,
+                                  "blocks": blocks, "system": system, "text": text})
+            injections = list(self.injections)
             for item in items:
                 self.item_calls[item.get("title", "")] += 1
             behaviour = self.queue.popleft() if self.queue else self.mode
@@ -144,12 +173,13 @@ class FakeGemini:
             if self.expected_key is not None and key != self.expected_key:
                 return self._send(h, 400, _error(400, "INVALID_ARGUMENT",
                                                  "API key not valid. Please pass a valid API key."))
-            self._behave(h, behaviour, model, items, body)
+            self._behave(h, behaviour, model, ids, items, blocks, body, injections)
         finally:
             with self.lock:
                 self.in_flight -= 1
 
-    def _behave(self, h, behaviour: str, model: str, items: list[dict], body: dict) -> None:
+    def _behave(self, h, behaviour: str, model: str, ids: list[str], items: list[dict],
+                blocks: list[str], body: dict, injections: list) -> None:
         if behaviour == "hang":
             self.released.wait(self.hang_s)
             behaviour = "ok"
@@ -166,7 +196,8 @@ class FakeGemini:
                                              "The model is overloaded. Please try again later."))
         if behaviour == "400":
             return self._send(h, 400, _error(400, "INVALID_ARGUMENT", "Invalid argument."))
-        results = [fake_analysis(i, it) for i, it in enumerate(items)]
+        results = [fake_analysis(block_id, it) for block_id, it in zip(ids, items)]
+        results = _obey(results, blocks, injections)
         finish = "STOP"
         if behaviour == "garbage":
             text = "Sure! These headlines look quite bullish to me overall."
@@ -178,6 +209,11 @@ class FakeGemini:
             text, finish = full[:len(full) // 2], "MAX_TOKENS"
         elif behaviour == "drop_last":
             text = json.dumps({"results": results[:-1]})
+        elif behaviour == "wrong_ids":
+            text = json.dumps({"results": [{**r, "id": f"x{r['id']}"} for r in results]})
+        elif behaviour == "swapped":
+            text = json.dumps({"results": [{**r, "id": ids[(i + 1) % len(ids)]}
+                                           for i, r in enumerate(results)]})
         else:
             text = json.dumps({"results": results})
         prompt_tokens, out_tokens = self.tokens or (len(json.dumps(body)) // 4, len(text) // 4)
@@ -202,6 +238,42 @@ class FakeGemini:
             h.wfile.write(data)
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (a timeout test): nothing to answer
+
+
+def _read_blocks(text: str, fence: str) -> tuple[list[str], list[dict], list[str]]:
+    """The ids, items and raw contents of the fenced blocks, in order; ValueError when the
+    text between fences is anything but one JSON object a block."""
+    f = re.escape(fence)
+    block = re.compile(rf"^<<<ITEM id=(\w+) fence={f}>>>\n(.*)\n<<<END id=\1 fence={f}>>>$",
+                       re.MULTILINE)
+    ids, items, raws = [], [], []
+    for match in block.finditer(text):
+        ids.append(match[1])
+        raws.append(match[2])
+        items.append(json.loads(match[2]))
+    if not ids or len(set(ids)) != len(ids):
+        raise ValueError("no blocks, or an id twice")
+    return ids, items, raws
+
+
+def _obey(results: list[dict], blocks: list[str], injections: list) -> list[dict]:
+    """What a model that obeys the injections found in the blocks would answer."""
+    out = [dict(r) for r in results]
+    extra = []
+    for trigger, how, fields in injections:
+        for source, text in enumerate(blocks):
+            if trigger.lower() not in text.lower():
+                continue
+            for i, r in enumerate(out):
+                if i == source:
+                    continue
+                if how == "overwrite":
+                    r.update(fields)
+                elif how == "duplicate":
+                    extra.append({**r, **fields})
+                elif how == "tickers":
+                    r.update(fields, tickers=list(results[source]["tickers"]))
+    return extra + out
 
 
 def _error(code: int, status: str, message: str) -> dict:

@@ -131,8 +131,9 @@ def test_items_are_classified_by_gemini_with_structured_json(fake, desks, tmp_pa
     assert config["temperature"] == 0
     item_schema = config["responseSchema"]["properties"]["results"]["items"]
     assert item_schema["properties"]["category"]["enum"] == list(CATEGORIES)
-    assert set(item_schema["required"]) == {"index", "tickers", "category", "sentiment",
+    assert set(item_schema["required"]) == {"id", "tickers", "category", "sentiment",
                                             "score", "summary", "keywords", "material"}
+    assert item_schema["properties"]["id"]["enum"] == fake.requests[-1]["ids"]
     stats = desk.classifier.stats()
     assert stats["calls"] == 2 and stats["classified_gemini"] == 10
     assert stats["tokens_in"] == 2000 and stats["tokens_out"] == 400
@@ -363,7 +364,8 @@ def test_budget_warns_then_switches_to_the_cheaper_model_then_to_keywords(fake, 
     fake.tokens = (10_000, 1_000)  # $0.003 + $0.0025 a call at flash prices
     config = gemini_config(
         tmp_path, fake, batch_size=1, max_concurrency=1, daily_budget_usd=0.012,
-        fallback_daily_budget_usd=0.001, budget_warn_fraction=0.5)
+        fallback_daily_budget_usd=0.001, budget_warn_fraction=0.5,
+        feed_daily_budget_fraction=1.0)  # one feed here: the whole budget is its to spend
     desk = desks(config)
     desk.classify(news(1, prefix="a"))
     assert desk.event_names() == []

@@ -8,7 +8,7 @@ import math
 import sqlite3
 
 from actors.classification.cache import AnalysisCache, open_llm_db
-from actors.classification.gemini.prompt import parse_answer
+from actors.classification.gemini.prompt import build_prompt, parse_answer
 from actors.classification.gemini.rate_limit import RateLimiter, backoff_s
 from actors.classification.gemini.usage import Usage, UsageMonitor
 from actors.protocol import Analysis, Item
@@ -108,15 +108,18 @@ def test_usage_is_priced_per_model_and_starts_afresh_each_utc_day(tmp_path):
 
 def test_answer_parser_keeps_valid_results_and_names_the_rest():
     items = [item("a", tickers=["AAA"]), item("b"), item("c")]
-    good = {"index": 0, "tickers": ["$aaa", "not a ticker!"], "category": "fda_approval",
+    prompt = build_prompt(items, 1500, ids=["id0000", "id1111", "id2222"])
+    good = {"id": "id0000", "tickers": ["$aaa", "not a ticker!"], "category": "fda_approval",
             "sentiment": 0.5, "score": 0.9, "summary": "x " * 400, "keywords": ["k"] * 30,
             "material": True}
-    text = json.dumps({"results": [good, {**good, "index": 1, "score": 1.5},
-                                   {**good, "index": 7}]})
-    analyses, invalid, problem = parse_answer(text, items)
-    assert list(analyses) == [0] and invalid == [1, 2]
-    assert analyses[0].tickers == ["AAA"] and len(analyses[0].summary) <= 300
-    assert analyses[0].keywords == ["k"] and analyses[0].provider == "gemini"
-    assert "score 1.5" in problem and "index 7" in problem
-    assert parse_answer("", items)[1] == [0, 1, 2]
-    assert parse_answer('{"results": [', items)[1] == [0, 1, 2]
+    text = json.dumps({"results": [good, {**good, "id": "id1111", "score": 1.5},
+                                   {**good, "id": "id7777"}]})
+    parsed = parse_answer(text, prompt)
+    assert list(parsed.analyses) == [0] and parsed.invalid == [1, 2]
+    a = parsed.analyses[0]
+    assert a.tickers == ["AAA"] and len(a.summary) <= 300
+    assert a.keywords == ["k"] and a.provider == "gemini"
+    assert "score 1.5" in parsed.problem and "unknown id 'id7777'" in parsed.problem
+    assert not parsed.steered  # off-schema and unknown ids are mistakes, not steering
+    assert parse_answer("", prompt).invalid == [0, 1, 2]
+    assert parse_answer('{"results": [', prompt).invalid == [0, 1, 2]

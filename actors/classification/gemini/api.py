@@ -1,12 +1,13 @@
 """Blocking Gemini calls through google-genai, run on the llm actor's worker threads.
 
 GeminiAPI makes one generateContent request for a batch of items (structured JSON output
-through the response schema of actors.classification.gemini.prompt) and reads the answer item by item,
-with the usage metadata it was billed for. GeminiCaller wraps it
-in the retry policy: 429, 5xx, timeouts and lost connections are retried with backoff
-(a 429's Retry-After wins and pauses the shared rate limiter), a garbage, truncated or
-off-schema answer is asked again once for the items it got wrong. The SDK's own retries
-are off, so ours are the only ones.
+through the response schema of actors.classification.gemini.prompt, item text fenced as
+data) and checks the answer item by item against the request, with the usage metadata it
+was billed for. GeminiCaller wraps it in the retry policy: 429, 5xx, timeouts and lost
+connections are retried with backoff (a 429's Retry-After wins and pauses the shared rate
+limiter), a garbage, truncated or off-schema answer is asked again once for the items it
+got wrong, and a batch whose answer looks steered by one of its items is asked again one
+item a request. The SDK's own retries are off, so ours are the only ones.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from google.genai import errors as genai_errors
 from google.genai import types
 
 from actors.classification.gemini.prompt import (
-    RESPONSE_SCHEMA,
-    SYSTEM_INSTRUCTION,
+    SYSTEM_TEMPLATE,
+    Prompt,
+    build_prompt,
     parse_answer,
-    prompt_for,
+    response_schema,
 )
 from actors.classification.gemini.rate_limit import RateLimiter, backoff_s
 from actors.classification.gemini.usage import CHARS_PER_TOKEN, Usage
@@ -87,6 +89,9 @@ class Reply:
     invalid: list[int]
     usage: Usage
     problem: str = ""
+    steered: bool = False  # the answer shows cross-item signs: ask one item a request
+    in_weights: list[int] = field(default_factory=list)  # by position: input token share
+    out_weights: list[int] = field(default_factory=list)  # by position: output token share
 
 
 class GeminiAPI:
@@ -119,33 +124,36 @@ class GeminiAPI:
     def warm_up(self) -> None:
         """Builds the client and the request types ahead of the first item."""
         self.client
-        self._config(1)
+        self._config(SYSTEM_TEMPLATE, ["000000"])
 
-    def _config(self, n_items: int) -> types.GenerateContentConfig:
+    def _config(self, system: str, ids: list[str]) -> types.GenerateContentConfig:
         thinking = (types.ThinkingConfig(thinking_budget=self.llm.thinking_budget)
                     if self.llm.thinking_budget is not None else None)
         return types.GenerateContentConfig(
-            system_instruction=SYSTEM_INSTRUCTION, temperature=0.0,
-            response_mime_type="application/json", response_schema=RESPONSE_SCHEMA,
-            max_output_tokens=self.llm.max_output_tokens_per_item * n_items,
+            system_instruction=system, temperature=0.0,
+            response_mime_type="application/json", response_schema=response_schema(ids),
+            max_output_tokens=self.llm.max_output_tokens_per_item * len(ids),
             thinking_config=thinking, candidate_count=1,
             automatic_function_calling=types.AutomaticFunctionCallingConfig(disable=True))
 
     def generate(self, model: str, items: list[Item]) -> Reply:
-        prompt = prompt_for(items, self.llm.max_input_chars)
-        config = self._config(len(items))
+        prompt = build_prompt(items, self.llm.max_input_chars)
+        config = self._config(prompt.system, prompt.ids)
         try:
-            response = self.client.models.generate_content(model=model, contents=prompt,
+            response = self.client.models.generate_content(model=model, contents=prompt.text,
                                                            config=config)
         except Exception as exc:  # the SDK raises several families; sorted here
             raise _model_error(exc) from None
         text = _text_of(response)
         usage = _usage_of(model, response, prompt, text)
-        analyses, invalid, problem = parse_answer(text, items)
+        parsed = parse_answer(text, prompt)
+        problem = parsed.problem
         if problem:
             finish = _finish_reason(response)
             problem = f"{problem} (finish reason {finish})" if finish else problem
-        return Reply(analyses, invalid, usage, problem)
+        out_weights = [parsed.answer_chars.get(pos, 0) for pos in range(len(items))]
+        return Reply(parsed.analyses, parsed.invalid, usage, problem, parsed.steered,
+                     prompt.weights, out_weights)
 
     def close(self) -> None:
         if self._client is not None:
@@ -209,18 +217,29 @@ def _finish_reason(response) -> str:
     return getattr(reason, "value", str(reason or ""))
 
 
-def _usage_of(model: str, response, prompt: str, text: str) -> Usage:
+def _usage_of(model: str, response, prompt: Prompt, text: str) -> Usage:
     meta = getattr(response, "usage_metadata", None)
     tokens_in = getattr(meta, "prompt_token_count", None)
     if meta is None or tokens_in is None:
         # Never a cost of $0: without metadata (a proxy that strips it) estimate by length.
-        return Usage(model, (len(SYSTEM_INSTRUCTION) + len(prompt)) // CHARS_PER_TOKEN,
+        return Usage(model, (len(prompt.system) + len(prompt.text)) // CHARS_PER_TOKEN,
                      len(text) // CHARS_PER_TOKEN + 1, estimated=True)
     tokens_out = (meta.candidates_token_count or 0) + (meta.thoughts_token_count or 0)
     return Usage(model, int(tokens_in), int(tokens_out))
 
 
 # The retry policy -----------------------------------------------------------------
+
+
+@dataclass
+class Share:
+    """One call's usage and how it splits over the job's items (by job position): input
+    tokens by the characters of each item's block, output tokens by the characters of
+    each item's answer (evenly when the answer named none)."""
+
+    usage: Usage
+    in_weights: dict[int, int]
+    out_weights: dict[int, int]
 
 
 @dataclass
@@ -231,6 +250,7 @@ class Outcome:
     analyses: dict[int, Analysis] = field(default_factory=dict)
     failed: dict[int, str] = field(default_factory=dict)  # position -> fallback reason
     usages: list[Usage] = field(default_factory=list)
+    shares: list[Share] = field(default_factory=list)  # the same calls, split by item
     counts: collections.Counter = field(default_factory=collections.Counter)
     api_failed: bool = False  # the API itself failed (the breaker counts this)
     error: str = ""
@@ -246,14 +266,22 @@ class GeminiCaller:
         self.stop = stop
 
     def run(self, model: str, items: list[Item]) -> Outcome:
-        """The first request's rate token was taken by the dispatcher; retries take theirs."""
+        """The first request's rate token was taken by the dispatcher; retries take theirs.
+
+        Work is a queue of requests, each (job positions, invalid-answer retries left). A
+        garbage or partial answer asks again for the items it got wrong; an answer that
+        looks steered keeps nothing and asks again for every item, one a request.
+        """
         out = Outcome(model)
-        todo = list(range(len(items)))
-        transient_left, invalid_left = self.llm.max_retries, self.llm.invalid_answer_retries
+        requests = collections.deque([(list(range(len(items))),
+                                       self.llm.invalid_answer_retries)])
+        transient_left = self.llm.max_retries
         first = True
-        while todo:
+        while requests:
+            todo, invalid_left = requests[0]
             if not first and not self.limiter.acquire(self.llm.retry_backoff_max_s, self.stop):
-                self._fail(out, todo, "rate_limited", "no request slot within the backoff limit")
+                self._fail_all(out, requests, "rate_limited",
+                               "no request slot within the backoff limit")
                 break
             first = False
             out.counts["calls"] += 1
@@ -267,35 +295,53 @@ class GeminiCaller:
                 if exc.reason == "rate_limited":
                     self.limiter.pause(min(wait, self.llm.retry_backoff_max_s))
                 if transient_left == 0 or wait > self.llm.retry_backoff_max_s:
-                    self._fail(out, todo, exc.reason, str(exc), api_failed=True)
+                    self._fail_all(out, requests, exc.reason, str(exc), api_failed=True)
                     break
                 transient_left -= 1
                 out.counts["retries"] += 1
                 if self.stop.wait(wait):
-                    self._fail(out, todo, "stopping", "the actor is stopping")
+                    self._fail_all(out, requests, "stopping", "the actor is stopping")
                     break
                 continue
             except ModelRejected as exc:
                 out.counts["api_rejected"] += 1
-                self._fail(out, todo, "rejected", str(exc), api_failed=True)
+                self._fail_all(out, requests, "rejected", str(exc), api_failed=True)
                 break
+            requests.popleft()
             out.usages.append(reply.usage)
+            out.shares.append(Share(reply.usage, dict(zip(todo, reply.in_weights)),
+                                    dict(zip(todo, reply.out_weights))))
             out.counts["usage_estimated"] += reply.usage.estimated
+            if reply.steered:
+                # One item may have steered the others' answers, even those that passed
+                # every check (a score is not checkable): nothing of it is kept.
+                out.counts["steered_batches"] += 1
+                log.warning("gemini answer for %d items looks steered (%s); asking again "
+                            "one item a request", len(todo), reply.problem)
+                requests.extend(([pos], invalid_left) for pos in todo)
+                continue
             for pos, analysis in reply.analyses.items():
                 out.analyses[todo[pos]] = analysis
             if not reply.invalid:
-                break
+                continue
             out.counts["invalid_answers"] += 1
             bad = [todo[pos] for pos in reply.invalid]
             if invalid_left == 0:
                 self._fail(out, bad, "invalid_answer", reply.problem)
-                break
-            invalid_left -= 1
+                continue
             out.counts["invalid_retries"] += 1
             log.info("gemini answer invalid for %d of %d items (%s); asking again",
                      len(bad), len(todo), reply.problem)
-            todo = bad
+            requests.appendleft((bad, invalid_left - 1))
         return out
+
+    @classmethod
+    def _fail_all(cls, out: Outcome, requests: collections.deque, reason: str, error: str,
+                  api_failed: bool = False) -> None:
+        """Every item still to ask falls back for this reason."""
+        for positions, _ in requests:
+            cls._fail(out, positions, reason, error, api_failed)
+        requests.clear()
 
     @staticmethod
     def _fail(out: Outcome, positions: list[int], reason: str, error: str,

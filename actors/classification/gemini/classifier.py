@@ -2,12 +2,14 @@
 
 An item is answered from the analysis cache when it can be (a redelivery costs nothing),
 otherwise it waits in a bounded backlog until a call slot, a rate token and the budget
-allow a request; waiting items go out together, up to batch_size headlines a request.
+allow a request; waiting items go out together, up to batch_size headlines a request,
+except an item whose text reads like instructions to a model, which goes alone (see
+actors.classification.gemini.prompt for how item text is kept from steering the answers).
 Calls run on a bounded thread pool (the semaphore); finished calls come back through a
 queue and a socketpair that wakes the actor loop, which alone touches SQLite and the
 sockets. Whenever the model cannot answer (garbage twice, the API failing, the breaker
-open, the budget spent, an item waiting too long) the keyword classifier does, and the
-reason is counted.
+open, the budget spent, the item's feed at its daily cap, an item waiting too long) the
+keyword classifier does, and the reason is counted.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from actors.classification.cache import (
     open_llm_db,
 )
 from actors.classification.gemini.api import GeminiAPI, GeminiCaller, Outcome
+from actors.classification.gemini.prompt import looks_like_instructions
 from actors.classification.gemini.rate_limit import RateLimiter
-from actors.classification.gemini.usage import UsageMonitor
+from actors.classification.gemini.usage import UsageMonitor, split_cost
 from actors.errors import ConfigError
 from actors.protocol import Analysis, Item
 from actors.resilience import CircuitBreaker
@@ -47,7 +50,7 @@ POLL_S = 0.05  # while calls are in flight, answers are looked for at least this
 USAGE_REFRESH_S = 5.0  # how often the other llm instances' spending is re-read
 # Always in stats (0 until counted); api_<reason> counters appear when they happen.
 STAT_COUNTERS = ("calls", "classified_gemini", "invalid_answers", "invalid_retries", "retries",
-                 "coalesced", "usage_estimated")
+                 "coalesced", "usage_estimated", "isolated_items", "steered_batches")
 
 
 @dataclass
@@ -58,6 +61,7 @@ class Job:
     content: str  # content hash: with the key, the cache key
     attempt: int
     queued: float  # monotonic
+    alone: bool = False  # its text reads like instructions: it shares no request
 
 
 class GeminiClassifier:
@@ -115,8 +119,10 @@ class GeminiClassifier:
             return None
         if amended_form(item):
             self.cache.invalidate_amended(item)
-        job = Job(item, content, attempt, time.monotonic())
-        reason = self._model_unavailable()
+        job = Job(item, content, attempt, time.monotonic(),
+                  alone=looks_like_instructions(item, self.llm.max_input_chars))
+        reason = self._model_unavailable() or (
+            "feed_budget" if self.usage.feed_capped(item.source) else None)
         if reason:
             return self._keywords([job], reason)[0]
         self.backlog.append(job)  # answers() or tick() sends it, with whatever else came
@@ -213,16 +219,44 @@ class GeminiClassifier:
                 self.backlog.clear()
                 self._answer_with_keywords(jobs, reason)
                 return
+            self._drop_capped_feeds()
+            if not self.backlog:
+                return
             trial = self.breaker.state == "half_open"
             if trial and self.in_flight:
                 return  # one trial request decides whether the breaker closes
             if not self.limiter.try_acquire():
                 return  # next_deadline() comes back when a token is there
-            size = 1 if trial else self.llm.batch_size
-            batch = [self.backlog.popleft() for _ in range(min(size, len(self.backlog)))]
+            batch = self._next_batch(1 if trial else self.llm.batch_size)
             model = self.usage.choose_model()
             self.in_flight += 1
             self.pool.submit(self._call, model, batch)
+
+    def _drop_capped_feeds(self) -> None:
+        """Waiting items of a feed that reached its daily cap get the keyword answer."""
+        capped = {feed for feed in {job.item.source for job in self.backlog}
+                  if self.usage.feed_capped(feed)}
+        if not capped:
+            return
+        dropped = [job for job in self.backlog if job.item.source in capped]
+        kept = [job for job in self.backlog if job.item.source not in capped]
+        self.backlog.clear()
+        self.backlog.extend(kept)
+        self._answer_with_keywords(dropped, "feed_budget")
+
+    def _next_batch(self, size: int) -> list[Job]:
+        """The oldest waiting item and, unless it must go alone, up to size - 1 more that
+        may share a request; items passed over keep their place at the front."""
+        first = self.backlog.popleft()
+        if first.alone:
+            self.counters["isolated_items"] += 1
+            return [first]
+        batch, passed = [first], []
+        while self.backlog and len(batch) < size:
+            job = self.backlog.popleft()
+            (passed if job.alone else batch).append(job)
+        self.backlog.extendleft(reversed(passed))
+        return batch
 
     def _call(self, model: str, batch: list[Job]) -> None:
         """On a worker thread: the call with its retries; never raises."""
@@ -238,7 +272,7 @@ class GeminiClassifier:
     def _finish(self, batch: list[Job], outcome: Outcome) -> None:
         """On the actor thread: usage, breaker, cache, answers."""
         self.in_flight -= 1
-        self.usage.record(outcome.usages)
+        self.usage.record(outcome.usages, self._cost_by_feed(batch, outcome))
         self.counters.update(outcome.counts)
         self.calls_by_model[outcome.model] += outcome.counts["calls"]
         self._update_breaker(outcome)
@@ -257,6 +291,20 @@ class GeminiClassifier:
             log.warning("gemini could not classify %d items (%s: %s); keywords answer them",
                         len(jobs), reason, outcome.error)
             self._answer_with_keywords(jobs, reason)
+
+    def _cost_by_feed(self, batch: list[Job], outcome: Outcome) -> dict[str, tuple[int, float]]:
+        """Each feed's items in the batch and its share of what the batch's calls cost."""
+        by_feed: dict[str, tuple[int, float]] = {}
+        for job in batch:
+            n, usd = by_feed.get(job.item.source, (0, 0.0))
+            by_feed[job.item.source] = (n + 1, usd)
+        for share in outcome.shares:
+            cost_in, cost_out = self.usage.cost_parts(share.usage)
+            for pos, usd in split_cost(cost_in, cost_out, share.in_weights,
+                                       share.out_weights).items():
+                n, total = by_feed[batch[pos].item.source]
+                by_feed[batch[pos].item.source] = (n, total + usd)
+        return by_feed
 
     def _update_breaker(self, outcome: Outcome) -> None:
         before = self.breaker.state
