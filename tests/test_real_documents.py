@@ -319,9 +319,6 @@ def test_otc_tickers_on_a_real_release_follow_the_otc_setting():
     assert main_street(True).tickers == ["MSWV"]
 
 
-@pytest.mark.xfail(strict=True, reason="tickers.py: in '(TSX: BTO, NYSE AMERICAN: BTG, NSX: "
-                   "B2G)' the exchange label 'NYSE' is read as a ticker of the TSX list and BTG "
-                   "is lost (found on a real GlobeNewswire release; not an issue 13 item)")
 def test_a_second_exchange_label_in_a_list_is_not_read_as_a_ticker():
     b2gold = next(i for i in build(GLOBENEWSWIRE).items if i.title.startswith(B2GOLD))
     assert "NYSE AMERICAN: BTG" in b2gold.summary

@@ -22,10 +22,13 @@ _LISTED = (
 _OTC = r"otcqb|otcqx|otc\s*pink|otcpk|otc\s*bb|otc\s*markets|otc"
 
 # One exchange label then a list of symbols ("NASDAQ: ABCD, ABCDW"). A listed symbol
-# followed by ":" is the next exchange's label ("(NASDAQ: ABCD, TSX: AB)"), not a ticker.
+# followed by ":" is the next exchange's label ("(NASDAQ: ABCD, TSX: AB)"), not a ticker,
+# and so is the start of a longer label ("TSX: BTO, NYSE AMERICAN: BTG", from a real
+# GlobeNewswire release, once yielded "NYSE").
+_NEXT_LABEL = rf"(?!(?i:{_LISTED}|{_OTC})\s*:)"
 _EXCHANGE = re.compile(
     rf"(?<![A-Za-z])(?:(?P<listed>(?i:{_LISTED}))|(?P<otc>(?i:{_OTC})))\s*:\s*"
-    rf"(?P<symbols>{_SYMBOL}(?:\s*(?:,|&|/|\band\b)\s*{_SYMBOL}(?!\s*:))*)"
+    rf"(?P<symbols>{_SYMBOL}(?:\s*(?:,|&|/|\band\b)\s*{_NEXT_LABEL}{_SYMBOL}(?!\s*:))*)"
 )
 _SYMBOL_RE = re.compile(_SYMBOL)
 # "$ACMB" but not "$5", "$1.2 million" or "US$ABC"-like currency prefixes.
