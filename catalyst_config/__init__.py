@@ -7,31 +7,12 @@ at start. Both sides import it; it imports nothing of theirs but the error types
     webhooks.py  the one parser of Discord webhook URLs
 """
 
-from catalyst_config.loader import (
-                                    ENV_CONFIG,
-                                    check_secrets,
-                                    config_from_dict,
-                                    default_config_path,
-                                    load_config,
-)
-from catalyst_config.schema import (
-                                    ActorKindConfig,
-                                    ActorsConfig,
-                                    AlertsConfig,
-                                    ChartsConfig,
-                                    Config,
-                                    DedupeConfig,
-                                    EndpointsConfig,
-                                    FeedConfig,
-                                    FetchConfig,
-                                    LeakConfig,
-                                    LLMConfig,
-                                    ModelPrice,
-                                    RestartConfig,
-                                    SinkConfig,
-                                    SqliteConfig,
-                                    SupervisorConfig,
-)
+from catalyst_config.loader import (ENV_CONFIG, check_secrets, config_from_dict,
+                                    config_warnings, default_config_path, load_config)
+from catalyst_config.schema import (ActorKindConfig, ActorsConfig, AlertsConfig, ChartsConfig,
+                                    Config, DedupeConfig, EndpointsConfig, FeedConfig,
+                                    FetchConfig, LeakConfig, LLMConfig, ModelPrice,
+                                    RestartConfig, SinkConfig, SqliteConfig, SupervisorConfig)
 from catalyst_config.secrets import Secrets
 from catalyst_config.webhooks import parse_webhook_url
 
@@ -39,4 +20,4 @@ __all__ = ["ENV_CONFIG", "ActorKindConfig", "ActorsConfig", "AlertsConfig", "Cha
            "Config", "DedupeConfig", "EndpointsConfig", "FeedConfig", "FetchConfig",
            "LLMConfig", "LeakConfig", "ModelPrice", "RestartConfig", "Secrets", "SinkConfig",
            "SqliteConfig", "SupervisorConfig", "check_secrets", "config_from_dict",
-           "default_config_path", "load_config", "parse_webhook_url"]
+           "config_warnings", "default_config_path", "load_config", "parse_webhook_url"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -157,6 +158,30 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("llm.base_url", "must be an http:// or https:// URL")
     if llm.retry_backoff_max_s < llm.retry_backoff_initial_s:
         raise ConfigError("llm.retry_backoff_max_s", "must be >= retry_backoff_initial_s")
+    for name, usd in llm.feed_daily_budget_usd.items():
+        if name not in names:
+            raise ConfigError(f"llm.feed_daily_budget_usd.{name}",
+                              f"no feed named {name!r} (feeds: {', '.join(sorted(names))})")
+        if usd < 0:
+            raise ConfigError(f"llm.feed_daily_budget_usd.{name}", f"must be >= 0, got {usd}")
+
+
+# EDGAR renamed the beneficial-ownership forms in 2024 ("SC 13D" -> "SCHEDULE 13D"); a
+# getcurrent query for the old code answers "No recent filings" forever.
+_RETIRED_FORM = re.compile(r"[?&]type=SC(?:\+|%20|\s)+13([DG])\b", re.I)
+
+
+def config_warnings(cfg: Config) -> list[tuple[str, str]]:
+    """(key path, message) for settings that load but are very likely wrong."""
+    warnings = []
+    for i, feed in enumerate(cfg.feeds):
+        retired = _RETIRED_FORM.search(feed.url)
+        if retired and feed.enabled:
+            letter = retired.group(1).upper()
+            warnings.append((f"feeds[{i}].url", f"feed {feed.name!r} asks EDGAR for the retired "
+                             f"form type 'SC 13{letter}', which has had no filings since 2024: "
+                             f"use type=SCHEDULE%2013{letter} (amendments included)"))
+    return warnings
 
 
 def check_secrets(cfg: Config) -> None:

@@ -184,3 +184,25 @@ def test_a_link_is_never_cut_and_only_an_insane_one_is_refused_and_named(server,
     assert len(result.items[0].key) <= 1024
     stats = fetcher.stats()["feeds"]["wire"]
     assert stats["refused_total"] == 1 and "9021 characters" in stats["last_refused_reason"]
+
+
+def test_check_config_warns_about_the_retired_sc_13d_codes_in_an_operators_config():
+    from catalyst_config import config_from_dict, config_warnings
+    url = "https://www.sec.gov/cgi-bin/browse-edgar?action=getcurrent&type={}&output=atom"
+    cfg = config_from_dict({"sec_user_agent": "Desk ops@desk.test", "feeds": [
+        {"name": "old-d", "kind": "sec", "url": url.format("SC%2013D")},
+        {"name": "old-g", "kind": "sec", "url": url.format("SC+13G")},
+        {"name": "new", "kind": "sec", "url": url.format("SCHEDULE%2013D")}]})
+    warnings = config_warnings(cfg)
+    assert [path for path, _ in warnings] == ["feeds[0].url", "feeds[1].url"]
+    assert "SCHEDULE%2013G" in warnings[1][1]
+
+
+def test_a_feed_spend_cap_must_name_a_feed_and_be_positive():
+    from actors.errors import ConfigError
+    from catalyst_config import config_from_dict
+    feeds = [{"name": "wire", "kind": "pr", "url": "https://wire.example/rss"}]
+    with pytest.raises(ConfigError, match="llm.feed_daily_budget_usd.nope"):
+        config_from_dict({"feeds": feeds, "llm": {"feed_daily_budget_usd": {"nope": 1.0}}})
+    with pytest.raises(ConfigError, match="must be >= 0"):
+        config_from_dict({"feeds": feeds, "llm": {"feed_daily_budget_usd": {"wire": -1.0}}})
