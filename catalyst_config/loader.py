@@ -12,6 +12,7 @@ import re
 import types
 import typing
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Any, Literal
 
 import yaml
@@ -119,6 +120,10 @@ def _validate(cfg: Config) -> None:
         if feed.enabled and feed.kind == "sec" and not (cfg.sec_user_agent or "").strip():
             raise ConfigError("sec_user_agent", f"required by EDGAR feed {feed.name!r}: "
                               "SEC fair access asks for a contact User-Agent")
+        if feed.enabled and _is_sec_gov(feed.url) and _placeholder(cfg.sec_user_agent or ""):
+            raise ConfigError("sec_user_agent", f"{cfg.sec_user_agent!r} is a placeholder; "
+                              f"EDGAR feed {feed.name!r} needs your desk's name and a real "
+                              "contact e-mail (SEC fair access)")
     for i, sink in enumerate([*cfg.alerts.sinks, cfg.alerts.admin]):
         where = f"alerts.sinks[{i}]" if i < len(cfg.alerts.sinks) else "alerts.admin"
         if sink.type == "jsonl" and not sink.path:
@@ -164,6 +169,19 @@ def _validate(cfg: Config) -> None:
                               f"no feed named {name!r} (feeds: {', '.join(sorted(names))})")
         if usd < 0:
             raise ConfigError(f"llm.feed_daily_budget_usd.{name}", f"must be >= 0, got {usd}")
+
+
+# The example contact shipped in config.yaml, and its kin: SEC would be sent a fake contact.
+_PLACEHOLDER_CONTACT = re.compile(r"@(?:[\w.-]+\.)?example\.(?:com|org|net)\b|\bexample\b", re.I)
+
+
+def _is_sec_gov(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    return host == "sec.gov" or host.endswith(".sec.gov")
+
+
+def _placeholder(contact: str) -> bool:
+    return bool(_PLACEHOLDER_CONTACT.search(contact))
 
 
 # EDGAR renamed the beneficial-ownership forms in 2024 ("SC 13D" -> "SCHEDULE 13D"); a

@@ -30,11 +30,37 @@ def test_control_commands_work_from_a_shell_without_the_secrets(workdir):
     assert status.returncode == 1 and "no supervisor answered" in status.stderr
 
 
+def test_the_shipped_placeholder_contact_is_refused_until_the_operator_names_one(workdir):
+    for command in ("check-config", "start"):
+        refused = cli(command, "-c", str(ROOT / "config.yaml"))
+        assert refused.returncode == 2
+        assert "sec_user_agent: 'Example Desk ops@example.com' is a placeholder" in refused.stderr
+    data = yaml.safe_load((ROOT / "config.yaml").read_text())
+    for placeholder in ("Acme Desk ops@example.org", "Example Trading desk@realfirm.test"):
+        data["sec_user_agent"] = placeholder
+        path = workdir / "placeholder.yaml"
+        path.write_text(yaml.safe_dump(data))
+        assert cli("check-config", "-c", str(path)).returncode == 2, placeholder
+    # A loopback EDGAR (the demo's, a test's) needs no real contact.
+    data["feeds"] = [{"name": "edgar", "kind": "sec", "url": "http://127.0.0.1:9/atom"}]
+    data["sec_user_agent"] = "Example Desk ops@example.com"
+    path.write_text(yaml.safe_dump(data))
+    assert cli("check-config", "-c", str(path)).returncode == 0
+
+
+def shipped_with_contact(workdir) -> dict:
+    data = yaml.safe_load((ROOT / "config.yaml").read_text())
+    data["sec_user_agent"] = "Northwind Capital Desk ops@northwind-capital.test"
+    return data
+
+
 def test_check_config_accepts_the_shipped_config_and_names_a_bad_key(workdir):
-    ok = cli("check-config", "-c", str(ROOT / "config.yaml"))
+    data = shipped_with_contact(workdir)
+    good = workdir / "good.yaml"
+    good.write_text(yaml.safe_dump(data))
+    ok = cli("check-config", "-c", str(good))
     assert ok.returncode == 0, ok.stderr
     assert "9 feeds enabled" in ok.stdout
-    data = yaml.safe_load((ROOT / "config.yaml").read_text())
     data["feeds"][4]["kind"] = "edgar"
     bad = workdir / "bad.yaml"
     bad.write_text(yaml.safe_dump(data))
@@ -44,7 +70,7 @@ def test_check_config_accepts_the_shipped_config_and_names_a_bad_key(workdir):
 
 
 def test_an_edgar_feed_without_a_user_agent_is_refused(workdir):
-    data = yaml.safe_load((ROOT / "config.yaml").read_text())
+    data = shipped_with_contact(workdir)
     data["sec_user_agent"] = ""
     path = workdir / "noua.yaml"
     path.write_text(yaml.safe_dump(data))
