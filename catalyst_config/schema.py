@@ -77,7 +77,7 @@ class SqliteConfig:
     synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "NORMAL"
     cache_size: int = -16000  # negative: KiB
     temp_store: Literal["DEFAULT", "FILE", "MEMORY"] = "MEMORY"
-    mmap_size: int = setting(268_435_456, ge=0)
+    mmap_size: int = setting(0, ge=0)  # lookups are in memory: a map only adds file pages to RSS
     busy_timeout_ms: int = setting(5000, ge=0)
 
 
@@ -265,7 +265,7 @@ class SupervisorConfig:
     memory_check_interval_s: float = setting(0.5, gt=0)
     stop_timeout_s: float = setting(10.0, gt=0)
     drain_timeout_s: float = setting(30.0, ge=0)
-    samples_kept: int = setting(2000, ge=10)  # psutil samples kept per actor
+    samples_kept: int = setting(2000, ge=10)  # memory samples kept per actor
     leak: LeakConfig = setting(factory=LeakConfig)
     restart: RestartConfig = setting(factory=RestartConfig)
     metrics_port: int = setting(9108, ge=0, le=65535)
@@ -289,6 +289,8 @@ class Config:
     run_dir: str = "var/run"
     data_dir: str = "var/data"
     log_dir: str = "var/log"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
     poll_interval_s: float = setting(10.0, gt=0)
     sec_user_agent: str | None = None
     feeds: list[FeedConfig] = setting(factory=list)
