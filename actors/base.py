@@ -35,6 +35,9 @@ DATA_HWM = 1000  # high-water mark on data-plane sockets: backpressure, not queu
 LINGER_MS = 500
 RECONNECT_MS = 10
 PING_GRACE = 1.5  # beat on our own when the supervisor's ping is this many intervals late
+DROP_LOG_QUIET_S = 60.0  # a bad message of a kind already logged this recently is only counted
+DROP_CAUSES_KEPT = 256  # causes remembered for that (exception types: a handful in practice)
+SHOWN_ERROR_CHARS = 300  # of an error message quoted in the log
 
 
 @dataclass
@@ -85,6 +88,39 @@ class Waker:
         self._w.close()
 
 
+class Dropped:
+    """Counts messages dropped as bad, by channel, and logs them without flooding the log:
+    the first of each cause (channel and exception type), then at most one line per cause
+    every DROP_LOG_QUIET_S, saying how many went by quietly in between. A message that
+    makes a handler fail in a way it did not foresee is logged with its traceback (a bug
+    it found), and dropped all the same: no message ends the process that reads it."""
+
+    def __init__(self, logger: logging.Logger, who: str):
+        self.log = logger
+        self.who = who
+        self.counts: collections.Counter[str] = collections.Counter()
+        self._logged: dict[str, tuple[float, int]] = {}  # cause -> (logged at, quiet since)
+
+    def drop(self, channel: str, exc: BaseException, *, unexpected: bool = False) -> None:
+        self.counts[channel] += 1
+        cause = f"{channel}:{type(exc).__name__}"
+        now = time.monotonic()
+        logged_at, quiet = self._logged.get(cause, (float("-inf"), 0))
+        if now - logged_at < DROP_LOG_QUIET_S:
+            self._logged[cause] = (logged_at, quiet + 1)
+            return
+        if len(self._logged) >= DROP_CAUSES_KEPT:
+            self._logged.clear()
+        self._logged[cause] = (now, 0)
+        text = str(exc)[:SHOWN_ERROR_CHARS]
+        since = f" ({quiet} more dropped since the last report)" if quiet else ""
+        if unexpected:
+            self.log.error("%s: a %s message made its handler fail (%s: %s); carrying on%s",
+                           self.who, channel, type(exc).__name__, text, since, exc_info=exc)
+        else:
+            self.log.warning("%s dropped a bad %s message: %s%s", self.who, channel, text, since)
+
+
 class Outbox:
     """Frames waiting for a PUSH socket to accept them; bounded, so input pauses when full."""
 
@@ -124,6 +160,7 @@ class Actor:
         self.readers: dict[Any, Callable[[], None]] = {}
         self.outboxes: list[Outbox] = []
         self.counters: collections.Counter[str] = collections.Counter()
+        self.dropped = Dropped(log, spec.name)
         self.stopping = False
         self.terminated = False  # SIGTERM: stop now; the ledger sends in-flight items again
         self.started = time.monotonic()
@@ -139,6 +176,7 @@ class Actor:
         self.control.setsockopt(zmq.IDENTITY, self.name.encode())
         self.control.setsockopt(zmq.LINGER, LINGER_MS)
         self.control.setsockopt(zmq.SNDHWM, 100)
+        self.control.setsockopt(zmq.MAXMSGSIZE, protocol.SOCKET_MAX_BYTES)
         self.control.connect(self.config.endpoint("control"))
         self.add_reader(self.control, self._on_control)
         self._signals = Waker()
@@ -178,6 +216,7 @@ class Actor:
         sock.setsockopt(zmq.LINGER, LINGER_MS)
         sock.setsockopt(zmq.SNDHWM, hwm)
         sock.setsockopt(zmq.RCVHWM, hwm)
+        sock.setsockopt(zmq.MAXMSGSIZE, protocol.SOCKET_MAX_BYTES)  # no frame is read past it
         if kind in (zmq.PUSH, zmq.DEALER):
             sock.setsockopt(zmq.IMMEDIATE, 1)  # queue only to peers that are really there
             # A restarted peer rebinds within milliseconds; find it as fast (default 100 ms).
@@ -204,10 +243,12 @@ class Actor:
             except zmq.Again:
                 return
             try:
-                yield frames[:-1], codec.decode(frames[-1])
+                message = codec.decode(frames[-1])
             except ProtocolError as exc:
                 self.counters["bad_messages"] += 1
-                log.warning("%s dropped a bad message: %s", self.name, exc)
+                self.dropped.drop("data" if sock is not self.control else "control", exc)
+                continue
+            yield frames[:-1], message
 
     def admin(self, event: str, message: str, *, reason: str = "", level: str = "warning") -> None:
         """An admin event; the supervisor writes it to the admin sink."""
@@ -240,28 +281,51 @@ class Actor:
     def _on_control(self) -> None:
         for _, msg in self.recv_messages(self.control, self._control_codec):
             self.last_ping = time.monotonic()
-            if isinstance(msg, protocol.Ping):
-                # Answering the ping keeps every actor's beat in step with the supervisor's
-                # ping, so it wakes once per interval, not once per actor.
-                self.heartbeat()
-                self.next_heartbeat = self.last_ping + PING_GRACE * self.heartbeat_interval
-            elif isinstance(msg, protocol.Command):
-                if msg.command == "stop":
-                    log.info("%s: stop requested", self.name)
-                    self.request_stop()
-                elif msg.command == "report":
-                    self.heartbeat(token=msg.token)
-                else:
-                    self._answer(msg)
+            try:
+                self._control_message(msg)
+            except Exception as exc:  # noqa: BLE001  (no command, however odd, ends the actor)
+                self.counters["bad_messages"] += 1
+                self.dropped.drop("control", exc, unexpected=True)
+
+    def _control_message(self, msg: protocol.Message) -> None:
+        if isinstance(msg, protocol.Ping):
+            # Answering the ping keeps every actor's beat in step with the supervisor's
+            # ping, so it wakes once per interval, not once per actor.
+            self.heartbeat()
+            self.next_heartbeat = self.last_ping + PING_GRACE * self.heartbeat_interval
+        elif isinstance(msg, protocol.Command):
+            if msg.command == "stop":
+                log.info("%s: stop requested", self.name)
+                self.request_stop()
+            elif msg.command == "report":
+                self.heartbeat(token=msg.token)
+            else:
+                self._answer(msg)
 
     def _answer(self, msg: protocol.Command) -> None:
+        """Runs an operator's command and answers it, whatever happens: a CommandError is
+        the answer's error; anything else the command raises (an argument SQLite cannot
+        take, a bug) is answered as a failure and logged, and the actor carries on."""
         try:
             answer = protocol.Answer(token=msg.token, ok=True,
                                      result=self.command(msg.command, msg.args))
         except CommandError as exc:
             answer = protocol.Answer(token=msg.token, ok=False, error=str(exc))
+        except Exception as exc:
+            self.counters["failed_commands"] += 1
+            log.exception("%s: command %s failed", self.name, msg.command)
+            detail = str(exc)[:SHOWN_ERROR_CHARS]
+            answer = protocol.Answer(token=msg.token, ok=False, error=f"{self.name}: "
+                                     f"{msg.command} failed ({type(exc).__name__}: {detail})")
         try:
-            self.control.send(protocol.encode(answer), zmq.NOBLOCK)
+            frame = protocol.encode(answer)
+        except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+            log.error("%s: the answer to %s could not be encoded: %s", self.name, msg.command, exc)
+            frame = protocol.encode(protocol.Answer(
+                token=msg.token, ok=False,
+                error=f"{self.name}: the answer to {msg.command} could not be encoded"))
+        try:
+            self.control.send(frame, zmq.NOBLOCK)
         except zmq.Again:
             log.warning("%s could not answer %s: the supervisor is away", self.name, msg.command)
 

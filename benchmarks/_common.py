@@ -289,9 +289,12 @@ def classify_family(sup_pid: int) -> dict[str, list[int]]:
 
 
 def _rss_mb() -> float:
-    """This process's RSS as psutil (and so the supervisor) computes it: statm resident."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1024 * 1024)
+    """This process's memory as the supervisor judges it: anonymous resident (RssAnon)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 class GatedLeakyActor(Actor):

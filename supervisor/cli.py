@@ -10,7 +10,7 @@ import time
 from actors.errors import ConfigError
 from actors.logsetup import setup_logging
 from catalyst_config import default_config_path, load_config
-from supervisor.control import ControlError, request
+from supervisor.control import MAX_DEAD_LETTERS_LIMIT, ControlError, request
 
 EXIT_USAGE = 2
 
@@ -39,8 +39,9 @@ def cmd_demo(args) -> int:
 
 
 def _table(status: dict) -> str:
-    cols = ("name", "kind", "pid", "state", "rss_mb", "restarts", "last_restart_reason",
-            "uptime_s", "heartbeat_age_s")
+    # anon_mb is what max_rss_mb limits and the leak trend watches; rss_mb adds file pages.
+    cols = ("name", "kind", "pid", "state", "anon_mb", "rss_mb", "max_rss_mb", "restarts",
+            "last_restart_reason", "uptime_s", "heartbeat_age_s")
     rows = [[("" if a.get(c) is None else str(a.get(c))) for c in cols] for a in status["actors"]]
     widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
@@ -110,6 +111,18 @@ def cmd_check_config(args) -> int:
     return 0
 
 
+def dead_letters_limit(text: str) -> int:
+    """--limit: a whole number the supervisor accepts, refused here with a clear message."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if not 0 <= value <= MAX_DEAD_LETTERS_LIMIT:
+        raise argparse.ArgumentTypeError(
+            f"{value} is out of range: from 0 to {MAX_DEAD_LETTERS_LIMIT}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS,
@@ -133,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_restart)
     p = sub.add_parser("dead-letters", parents=[common],
                        help="items that ran out of attempts; list them or send them again")
-    p.add_argument("--limit", type=int, default=20, help="how many to list, newest first")
+    p.add_argument("--limit", type=dead_letters_limit, default=20,
+                   help=f"how many to list, newest first (0 to {MAX_DEAD_LETTERS_LIMIT})")
     p.add_argument("--json", action="store_true")
     p.add_argument("--replay", nargs="+", metavar="KEY", help="send these again")
     p.add_argument("--replay-all", action="store_true", help="send every dead letter again")

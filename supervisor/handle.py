@@ -11,7 +11,7 @@ from typing import Any
 
 from actors import Kind
 from supervisor.policy import RestartPolicy
-from supervisor.watch import MemoryHistory
+from supervisor.watch import MemoryHistory, MemoryReading
 
 REASONS = ("exit", "hang", "memory", "leak", "manual")
 
@@ -62,7 +62,11 @@ class ActorHandle:
     term_sent_at: float | None = None
     restart_at: float | None = None
     memory: MemoryHistory = None  # type: ignore[assignment]
-    timeline: collections.deque = None  # type: ignore[assignment]  # (wall time, rss_mb)
+    # (wall time, rss_mb, anon_mb), for the report
+    timeline: collections.deque = None  # type: ignore[assignment]
+    reading: MemoryReading | None = None  # the latest sample of this incarnation
+    expected_mb: float = 0.0  # held by design, as last reported (supervisor.watch)
+    trend_mb_per_min: float | None = None  # the latest leak trend, once there is one
     markers: collections.deque = field(
         default_factory=lambda: collections.deque(maxlen=MARKERS_KEPT))  # (wall time, reason)
     next_leak_check: float = 0.0
@@ -82,12 +86,25 @@ class ActorHandle:
         return round(now - self.last_heartbeat, 3) if self.alive and self.last_heartbeat else None
 
     def rss_mb(self) -> float | None:
-        return round(self.memory.samples[-1].rss_mb, 2) if self.memory.samples else None
+        """Total resident memory, file-backed pages included (shown, not judged)."""
+        return round(self.reading.rss_mb, 2) if self.alive and self.reading else None
+
+    def anon_mb(self) -> float | None:
+        """Anonymous resident memory: what max_rss_mb limits and the leak trend watches."""
+        return round(self.reading.anon_mb, 2) if self.alive and self.reading else None
+
+    def forget_memory(self) -> None:
+        """A new incarnation: its memory history starts afresh."""
+        self.memory.clear()
+        self.reading, self.expected_mb, self.trend_mb_per_min = None, 0.0, None
 
     def status(self, now: float) -> dict[str, Any]:
+        trend = self.trend_mb_per_min
         return {
             "name": self.name, "kind": self.kind.name, "pid": self.pid, "state": str(self.state),
-            "rss_mb": self.rss_mb() if self.alive else None, "max_rss_mb": self.max_rss_mb,
+            "rss_mb": self.rss_mb(), "anon_mb": self.anon_mb(), "max_rss_mb": self.max_rss_mb,
+            "expected_mb": round(self.expected_mb, 2) if self.alive else None,
+            "trend_mb_per_min": round(trend, 2) if self.alive and trend is not None else None,
             "restarts": self.restarts, "last_restart_reason": self.last_restart_reason,
             "last_exit": self.last_exit, "uptime_s": self.uptime_s(now),
             "heartbeat_age_s": self.heartbeat_age_s(now), "stats": self.stats,

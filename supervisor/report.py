@@ -1,8 +1,14 @@
-"""The operator's picture: RSS per actor over time with its limit and restart markers,
-plus delivered alerts and model usage as the actors last reported them."""
+"""The operator's picture: memory per actor over time with its limit and restart markers,
+plus delivered alerts and model usage as the actors last reported them.
+
+Each actor's anonymous resident memory (what its limit, max_rss_mb, and the leak trend
+judge) is the solid line; its whole RSS, file-backed pages included, the faint dashed one.
+A history saved before anonymous memory was sampled has (time, rss) points only: those are
+drawn as RSS alone."""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -26,9 +32,15 @@ def item_totals(history: dict[str, Any]) -> dict[str, int]:
     for actor in history.get("actors", {}).values():
         for key, kind in COUNTED_BY.items():
             value = actor.get("stats", {}).get(key)
-            if actor.get("kind") == kind and isinstance(value, (int, float)):
-                totals[key] += int(value)
+            if actor.get("kind") == kind:
+                totals[key] += int(_number(value))
     return totals
+
+
+def _number(value: Any) -> float:
+    """A stat as a number to draw; anything else (text, NaN, infinity) as 0."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else 0.0
 
 
 def render_report(history: dict[str, Any], path: str | Path) -> Path:
@@ -38,18 +50,25 @@ def render_report(history: dict[str, Any], path: str | Path) -> Path:
     grid = fig.add_gridspec(2, 2, height_ratios=[3, 1.4])
     ax = fig.add_subplot(grid[0, :])
     for name, a in actors.items():
-        if not a["timeline"]:
+        points = [p for p in a.get("timeline") or [] if len(p) >= 2]
+        if not points:
             continue
-        times = [datetime.fromtimestamp(t) for t, _ in a["timeline"]]
-        line, = ax.plot(times, [r for _, r in a["timeline"]], label=name, lw=1.2)
+        times = [datetime.fromtimestamp(p[0]) for p in points]
+        rss = [p[1] for p in points]
+        if all(len(p) >= 3 for p in points):
+            line, = ax.plot(times, [p[2] for p in points], label=f"{name} anon", lw=1.2)
+            ax.plot(times, rss, color=line.get_color(), ls="--", lw=0.7, alpha=0.5)
+        else:
+            line, = ax.plot(times, rss, label=f"{name} RSS", lw=1.2)
         ax.axhline(a["max_rss_mb"], color=line.get_color(), ls=":", lw=0.8)
         for t, reason in a["markers"]:
             ax.axvline(datetime.fromtimestamp(t), color=REASON_COLOURS.get(reason, "k"),
                        lw=0.8, alpha=0.8)
             ax.annotate(f"{name}: {reason}", (datetime.fromtimestamp(t), ax.get_ylim()[1]),
                         rotation=90, fontsize=7, va="top", ha="right")
-    ax.set_title("Actor RSS (MB); dotted: each actor's limit; vertical: restarts by reason")
-    ax.set_ylabel("RSS MB")
+    ax.set_title("Actor memory (MB): solid anonymous (judged), dashed whole RSS; dotted: each "
+                 "actor's limit; vertical: restarts by reason", fontsize=10)
+    ax.set_ylabel("MB")
     ax.xaxis.set_major_formatter(DateFormatter("%H:%M:%S"))
     ax.legend(loc="upper left", fontsize=8, ncols=4)
     ax.grid(alpha=0.3)
@@ -59,7 +78,7 @@ def render_report(history: dict[str, Any], path: str | Path) -> Path:
     alerts.tick_params(axis="x", labelsize=8)
     alerts.set_title("Items (as last reported)", fontsize=9)
     cost = fig.add_subplot(grid[1, 1])
-    usage = {name: a.get("stats", {}).get("cost_usd_today", 0.0) for name, a in actors.items()
+    usage = {name: _number(a.get("stats", {}).get("cost_usd_today")) for name, a in actors.items()
              if a.get("kind") == "llm"}
     cost.bar(list(usage), list(usage.values()), color="tab:green")
     if not any(usage.values()):
