@@ -24,6 +24,11 @@ Nothing is dropped:
   fixed): its items go to the other sinks and stay unacked, pending in the ledger, which
   sends them again each lease (so a restart delivers them) and dead-letters them, each with
   an admin event, after ``dedupe.max_attempts``. They are never acked as delivered.
+- While the journal (alerts.db) cannot be written (disk full, I/O error, locked:
+  StoreUnavailableError), nothing is delivered, since nothing could be recorded: alerts
+  wait in their lanes, one already delivered waits for its "done" row before it is acked,
+  input pauses (so memory stays bounded and the rest waits upstream, pending in the
+  ledger), and the journal is tried again with backoff; all of it resumes by itself.
 """
 
 from __future__ import annotations
@@ -39,9 +44,10 @@ import zmq
 from actors import protocol
 from actors.base import Actor
 from actors.charts import ChartMaker
-from actors.errors import SinkError
+from actors.errors import SinkError, StoreUnavailableError
 from actors.sinks import Sink, SinkWorker, UnavailableSink, build_sink, sink_name
 from actors.sinks.journal import ALREADY, BUSY, UNSURE, AlertJournal
+from actors.storage import StoreOutage
 
 log = logging.getLogger("catalyst.alert")
 
@@ -76,13 +82,16 @@ class Lane:
         self.backlog: collections.deque[Pending] = collections.deque()
         self.in_flight: Pending | None = None
         self.disabled: str | None = None
+        # Delivered by the sink, not yet journaled "done" (the journal was away): acked
+        # only once it is, so a redelivery meanwhile merges with it instead of alerting.
+        self.unrecorded: collections.deque[Pending] = collections.deque()
 
     @property
     def name(self) -> str:
         return self.sink.name
 
     def __len__(self) -> int:
-        return len(self.backlog) + (self.in_flight is not None)
+        return len(self.backlog) + (self.in_flight is not None) + len(self.unrecorded)
 
 
 def alert_record(msg: protocol.Classified, chart: str | None) -> dict:
@@ -113,9 +122,11 @@ class AlertActor(Actor):
             self.lanes.append(Lane(i, sink, worker))
             if isinstance(sink, UnavailableSink):
                 self._disable(self.lanes[-1], SinkError(sink.reason, permanent=True))
-        self.journal = AlertJournal(cfg.path(cfg.data_dir) / "alerts.db",
-                                    sqlite_cfg=cfg.alerts.sqlite,
-                                    ttl_s=cfg.dedupe.ttl_days * 86400.0)
+        self.journal: AlertJournal | None = None
+        self.journal_outage = StoreOutage(
+            "alerts.db", notify=self.admin,
+            effect="alerts are held (not delivered, not acked) and input pauses")
+        self._open_journal(time.monotonic())  # one that is away is tried again later
         charts = cfg.alerts.charts
         self.charts = ChartMaker.from_config(cfg) if charts.enabled else None
         if charts.enabled and self.charts is None and charts.key_env():
@@ -130,6 +141,74 @@ class AlertActor(Actor):
         self.chart_queue: collections.deque[Pending] = collections.deque()
         self.to_ack: dict[str, list[str]] = {"delivered": [], "filtered": []}
         self.next_housekeeping = time.monotonic() + 60.0
+
+    # The journal and its outages -----------------------------------------------
+
+    def _open_journal(self, now: float) -> bool:
+        cfg = self.config
+        try:
+            self.journal = AlertJournal(
+                cfg.path(cfg.data_dir) / "alerts.db", sqlite_cfg=cfg.alerts.sqlite,
+                ttl_s=cfg.dedupe.ttl_days * 86400.0,
+                on_corrupt=lambda msg: self.admin("store_corrupt", msg, reason="corrupt",
+                                                  level="error"))
+        except StoreUnavailableError as exc:
+            self.journal_outage.failed(exc, now)
+            return False
+        self.journal_outage.ok(now)
+        return True
+
+    def _journal_ready(self, now: float) -> bool:
+        """Whether lanes may use the journal now. While it is away, a due try opens it or
+        writes a probe, then journals what was delivered meanwhile; any failure keeps
+        the lanes still until the next try."""
+        outage = self.journal_outage
+        if self.journal is None:
+            if now < outage.next_try or not self._open_journal(now):
+                return False
+        elif outage.down:
+            if now < outage.next_try:
+                return False
+            try:
+                self.journal.probe()
+            except StoreUnavailableError as exc:
+                outage.failed(exc, now)
+                return False
+            outage.ok(now)
+        for lane in self.lanes:
+            while lane.unrecorded:
+                if not self._record_done(lane.unrecorded[0], lane, now):
+                    return False
+                lane.unrecorded.popleft()
+        return True
+
+    def _record_done(self, p: Pending, lane: Lane, now: float) -> bool:
+        """Journals (key, sink) done and settles it; False when the journal is away
+        (the caller keeps p in lane.unrecorded for the next try)."""
+        try:
+            self.journal.done(p.key, lane.name)
+        except StoreUnavailableError as exc:
+            self.journal_outage.failed(exc, now)
+            return False
+        self._settle(p, lane, ok=True)
+        return True
+
+    def _delivered(self, p: Pending, lane: Lane) -> bool:
+        """The sink has p: journal it, or keep it to journal later. False: the journal
+        is away, stop pumping."""
+        if self._record_done(p, lane, time.monotonic()):
+            return True
+        lane.unrecorded.append(p)
+        return False
+
+    def _release(self, key: str, lane: Lane) -> None:
+        """Forgets a sending row after a failure; if even that fails, the row is ours and
+        reads as UNSURE next time, which asks the sink, so nothing is lost."""
+        try:
+            self.journal.release(key, lane.name)
+        except StoreUnavailableError as exc:
+            self.counters["journal_release_failed"] += 1
+            self.journal_outage.failed(exc, time.monotonic())
 
     # Waking from other threads ----------------------------------------------
 
@@ -198,14 +277,20 @@ class AlertActor(Actor):
                 self._finish(head)
 
     def _pump(self, lane: Lane) -> None:
-        """Starts the lane's next deliveries: all of them inline, one at a time on a worker."""
-        while lane.backlog and lane.in_flight is None:
+        """Starts the lane's next deliveries: all of them inline, one at a time on a worker.
+        Stops when the journal is away (the caller checked it was there before)."""
+        while lane.backlog and lane.in_flight is None and not self.journal_outage.down:
             p = lane.backlog.popleft()
             if lane.disabled:
                 self.counters["skipped_disabled_sink"] += 1
                 self._settle(p, lane, ok=False)
                 continue
-            verdict, old_mark = self.journal.begin(p.key, lane.name, lane.sink.mark())
+            try:
+                verdict, old_mark = self.journal.begin(p.key, lane.name, lane.sink.mark())
+            except StoreUnavailableError as exc:  # nothing written: it waits its turn
+                lane.backlog.appendleft(p)
+                self.journal_outage.failed(exc, time.monotonic())
+                return
             if verdict == ALREADY:
                 self._settle(p, lane, ok=True)
                 continue
@@ -214,12 +299,12 @@ class AlertActor(Actor):
                 self._settle(p, lane, ok=False)
                 continue
             if verdict == UNSURE and lane.sink.written(p.key, old_mark):
-                self.journal.done(p.key, lane.name)
-                self._settle(p, lane, ok=True)
+                if not self._delivered(p, lane):
+                    return
                 continue
             if lane.worker is not None:
                 if not lane.worker.submit(p.key, p.record, p.chart_path):
-                    self.journal.release(p.key, lane.name)
+                    self._release(p.key, lane)
                     lane.backlog.appendleft(p)
                     return
                 lane.in_flight = p
@@ -229,8 +314,8 @@ class AlertActor(Actor):
             except SinkError as exc:
                 self._failed(p, lane, exc)
                 continue
-            self.journal.done(p.key, lane.name)
-            self._settle(p, lane, ok=True)
+            if not self._delivered(p, lane):
+                return
 
     def _collect(self, lane: Lane) -> None:
         """Outcomes of the lane's worker: journal them and settle the items."""
@@ -242,13 +327,12 @@ class AlertActor(Actor):
                 log.error("%s: result for an unexpected item %s", lane.name, key)
                 continue
             if error is None:
-                self.journal.done(key, lane.name)
-                self._settle(p, lane, ok=True)
+                self._delivered(p, lane)
             else:
                 self._failed(p, lane, error)
 
     def _failed(self, p: Pending, lane: Lane, exc: SinkError) -> None:
-        self.journal.release(p.key, lane.name)
+        self._release(p.key, lane)
         if exc.permanent:
             self._disable(lane, exc)
         else:
@@ -287,7 +371,9 @@ class AlertActor(Actor):
         self._release_charted(now)
         for lane in self.lanes:
             self._collect(lane)
-            self._pump(lane)
+        if self._journal_ready(now):
+            for lane in self.lanes:
+                self._pump(lane)
 
     def _forward_sink_events(self) -> None:
         for lane in self.lanes:
@@ -309,29 +395,39 @@ class AlertActor(Actor):
     # Hooks -------------------------------------------------------------------
 
     def next_deadline(self, now: float) -> float:
-        deadline = min(self.next_housekeeping, now + self.heartbeat_interval)
+        deadline = min(self.next_housekeeping, now + self.heartbeat_interval,
+                       self.journal_outage.deadline())
         if self.chart_queue:
             deadline = min(deadline, self.chart_queue[0].chart_deadline)
         return deadline
 
     def tick(self, now: float) -> None:
+        self.journal_outage.settle(now)
         self._advance(now)
         self._forward_sink_events()
         self._flush_acks()
         if now >= self.next_housekeeping:
             self.next_housekeeping = now + HOUSEKEEPING_S
-            self.counters["journal_purged"] += self.journal.purge()
+            if self.journal is not None and not self.journal_outage.down:
+                try:
+                    self.counters["journal_purged"] += self.journal.purge()
+                except StoreUnavailableError as exc:
+                    self.journal_outage.failed(exc, now)
             if self.charts:
                 self.counters["charts_pruned"] += self.charts.prune()
 
     def input_paused(self) -> bool:
-        return len(self.pending) >= self.config.alerts.max_backlog
+        # While the journal is away nothing can be delivered: what comes waits upstream.
+        return (len(self.pending) >= self.config.alerts.max_backlog
+                or self.journal is None or self.journal_outage.down)
 
     def idle(self) -> bool:
         return not self.pending and not any(self.to_ack.values())
 
     def stats(self) -> dict:
-        out: dict = {"queued": len(self.chart_queue), "pending": len(self.pending)}
+        out: dict = {"queued": len(self.chart_queue), "pending": len(self.pending),
+                     "journal": self.journal_outage.state,
+                     "journal_outages": self.journal_outage.outages}
         for lane in self.lanes:
             out[f"{lane.name}.backlog"] = len(lane)
             for k, v in lane.sink.stats().items():
@@ -345,7 +441,8 @@ class AlertActor(Actor):
                 continue
             for key in lane.worker.close(TEARDOWN_FLUSH_S):  # never started: nothing sent
                 if lane.in_flight is not None and lane.in_flight.key == key:
-                    self.journal.release(key, lane.name)
+                    if self.journal is not None:
+                        self._release(key, lane)
                     lane.in_flight = None
             self._collect(lane)  # a post that finished in time is journaled, not sent twice
         if hasattr(self, "acks"):
@@ -353,7 +450,7 @@ class AlertActor(Actor):
             self._flush_acks()
         if getattr(self, "charts", None):
             self.charts.close()
-        if hasattr(self, "journal"):
+        if getattr(self, "journal", None) is not None:
             self.journal.close()
         if hasattr(self, "_lanes_waker"):
             self._lanes_waker.close()

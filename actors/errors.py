@@ -22,6 +22,21 @@ class StoreLockedError(CatalystError):
     """Another process already owns this database file."""
 
 
+class StoreUnavailableError(CatalystError):
+    """A database file cannot be used now (disk full, I/O error, read-only, locked by
+    another program, cannot be opened) but is not corrupt: it stays where it is, and its
+    owner tries again later. ``reason`` is one of disk_full, io_error, read_only, locked,
+    cant_open; ``event`` the admin event it raises (disk_full or store_unavailable)."""
+
+    def __init__(self, message: str, reason: str):
+        self.reason = reason
+        super().__init__(message)
+
+    @property
+    def event(self) -> str:
+        return "disk_full" if self.reason == "disk_full" else "store_unavailable"
+
+
 class FeedError(CatalystError):
     """A feed answered with something that is not a usable feed."""
 

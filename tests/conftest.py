@@ -20,7 +20,10 @@ import psutil
 import pytest
 import yaml
 
+from actors.feeds.fetch import FeedFetcher
+from catalyst_config import config_from_dict
 from supervisor.demo_server import QuietHTTPServer
+from tests.hostile_server import HostileServer
 from tests.waiting import wait_for  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,3 +234,39 @@ def run_supervisor(workdir):
     yield start
     for r in started:
         r.close()
+
+
+# A FeedFetcher against a HostileServer (feeds and parsing tests) --------------------
+
+FETCHER_UA = "Catalyst Test Desk ops@example.com"  # loopback EDGAR: no real contact needed
+
+
+@pytest.fixture
+def server():
+    srv = HostileServer().start()
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture
+def make_fetcher(server, tmp_path):
+    made = []
+
+    def make(feeds: dict[str, str] | list[tuple[str, str, str]], instances=1, **fetch):
+        """feeds: {name: path} (press releases) or [(name, path, kind)]."""
+        if isinstance(feeds, dict):
+            feeds = [(name, path, "pr") for name, path in feeds.items()]
+        settings = dict(connect_timeout_s=0.5, read_timeout_s=0.5, max_workers=16,
+                        breaker_failures=3, breaker_backoff_initial_s=0.2, breaker_backoff_max_s=1.0,
+                        company_tickers_url=server.url("/company_tickers.json"))
+        settings.update(fetch)
+        cfg = config_from_dict({
+            "data_dir": str(tmp_path / "data"), "sec_user_agent": FETCHER_UA, "fetch": settings,
+            "feeds": [{"name": n, "url": server.url(p), "kind": k} for n, p, k in feeds]})
+        fetcher = FeedFetcher(cfg, instance=0, instances=instances)
+        made.append(fetcher)
+        return fetcher, cfg.feeds
+
+    yield make
+    for fetcher in made:
+        fetcher.close()

@@ -15,7 +15,7 @@ from actors.feeds.http import check_redirect, retry_after_s
 from actors.feeds.items import build_items, clip, is_ownership_form
 from actors.feeds.parse import HostileFeed, check_document
 from tests.hostile_server import Response, rss, sec_atom
-from tests.test_feeds import ATOM, RSS, make_fetcher, release, server  # noqa: F401 (fixtures)
+from tests.test_feeds import ATOM, RSS, release
 
 
 def test_every_feed_keeps_its_own_interval_and_a_slow_one_holds_back_no_other():

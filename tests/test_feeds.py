@@ -12,50 +12,18 @@ import pytest
 
 from actors import protocol
 from actors.feeds.edgar import EDGAR_BACKOFF_S
-from actors.feeds.fetch import FeedFetcher
 from actors.feeds.http import MAX_REDIRECTS, PRODUCT_USER_AGENT
-from catalyst_config import FeedConfig, config_from_dict
-from tests.hostile_server import HostileServer, Response, rss, sec_atom
+from catalyst_config import FeedConfig
+from tests.hostile_server import Response, rss, sec_atom
 
 pytestmark = pytest.mark.timeout(30)
 
-UA = "Catalyst Test Desk ops@example.com"
+from tests.conftest import FETCHER_UA as UA  # noqa: E402
 RSS = {"Content-Type": "application/rss+xml; charset=utf-8"}
 ATOM = {"Content-Type": "application/atom+xml"}
 RATE_PAGE = (b"<!DOCTYPE html><html><head><title>SEC.gov | Request Rate Threshold Exceeded</title></head>"
              b"<body><h1>Your Request Originates from an Undeclared Automated Tool</h1>"
              b"<p>Request Rate Threshold Exceeded</p></body></html>")
-
-
-@pytest.fixture
-def server():
-    srv = HostileServer().start()
-    yield srv
-    srv.stop()
-
-
-@pytest.fixture
-def make_fetcher(server, tmp_path):
-    made = []
-
-    def make(feeds: dict[str, str] | list[tuple[str, str, str]], instances=1, **fetch):
-        """feeds: {name: path} (press releases) or [(name, path, kind)]."""
-        if isinstance(feeds, dict):
-            feeds = [(name, path, "pr") for name, path in feeds.items()]
-        settings = dict(connect_timeout_s=0.5, read_timeout_s=0.5, max_workers=16,
-                        breaker_failures=3, breaker_backoff_initial_s=0.2, breaker_backoff_max_s=1.0,
-                        company_tickers_url=server.url("/company_tickers.json"))
-        settings.update(fetch)
-        cfg = config_from_dict({
-            "data_dir": str(tmp_path / "data"), "sec_user_agent": UA, "fetch": settings,
-            "feeds": [{"name": n, "url": server.url(p), "kind": k} for n, p, k in feeds]})
-        fetcher = FeedFetcher(cfg, instance=0, instances=instances)
-        made.append(fetcher)
-        return fetcher, cfg.feeds
-
-    yield make
-    for fetcher in made:
-        fetcher.close()
 
 
 def wait_until(condition, timeout=10.0, interval=0.02):

@@ -333,3 +333,125 @@ def test_random_operations_keep_every_pending_item_in_one_queue_and_the_file_agr
         store.sent([r.item.key for r in due.resend])
     assert store.pending_count() == 0
     assert store.integrity_check() == "ok"
+
+
+# First poll of a feed (fetch.first_poll) ---------------------------------------------
+
+
+def wire_item(key: str, source: str = "wire") -> Item:
+    return Item(key=key, title=f"title {key}", link=f"https://x.example/{key}", source=source,
+                kind="pr")
+
+
+def keys(items: list[Item]) -> list[str]:
+    return [i.key for i in items]
+
+
+def test_a_feeds_first_poll_is_marked_seen_and_only_later_items_are_new(tmp_path):
+    path = tmp_path / "seen.db"
+    quiet = dict(feeds=["wire"], mark_seen_first_poll=["wire"])
+    store = open_store(path, **quiet)
+    first = [wire_item("old1"), wire_item("old2"), wire_item("old3")]
+    assert store.claim(first[:2]) == []  # the poll's first batch
+    assert store.claim(first[2:], polled=["wire"]) == []  # its last: the poll is complete
+    assert store.marked_seen == 3 and store.pending_count() == 0 and store.live_keys() == 3
+    assert store.claim(first, polled=["wire"]) == []  # the second poll alerts none of them
+    assert keys(store.claim([*first, wire_item("new1")], polled=["wire"])) == ["new1"]
+    store.close()
+    store = open_store(path, **quiet)  # a restart marks nothing again: the table is durable
+    assert keys(store.claim([wire_item("old1"), wire_item("new2")], polled=["wire"])) == ["new2"]
+    assert store.marked_seen == 0 and store.pending_count() == 2
+
+
+def test_a_feed_added_later_has_its_first_poll_marked_seen_too(tmp_path):
+    path = tmp_path / "seen.db"
+    store = open_store(path, feeds=["wire"], mark_seen_first_poll=["wire"])
+    store.claim([wire_item("w1")], polled=["wire"])
+    store.close()
+    store = open_store(path, feeds=["wire", "edgar"], mark_seen_first_poll=["wire", "edgar"])
+    first = store.claim([wire_item("e1", "edgar"), wire_item("w2")], polled=["edgar", "wire"])
+    assert keys(first) == ["w2"] and store.marked_seen == 1
+    assert keys(store.claim([wire_item("e1", "edgar"), wire_item("e2", "edgar")],
+                            polled=["edgar"])) == ["e2"]
+
+
+def test_first_poll_alert_and_unknown_feeds_deliver_from_the_first_poll(tmp_path):
+    store = open_store(tmp_path / "seen.db", feeds=["wire", "demo"], mark_seen_first_poll=["wire"])
+    got = store.claim([wire_item("d1", "demo"), wire_item("gone1", "retired-feed"),
+                       wire_item("w1")], polled=["demo", "wire", "retired-feed"])
+    assert keys(got) == ["d1", "gone1"]  # demo: policy alert; a feed not in config: alert
+    assert store.polled_feeds == {"demo", "wire"}  # only configured names are kept
+
+
+def test_in_a_group_commit_a_feed_is_polled_for_the_claims_after_the_one_completing_it(
+        tmp_path):
+    store = open_store(tmp_path / "seen.db", feeds=["wire"], mark_seen_first_poll=["wire"])
+    new = store.claim_group([([wire_item("a")], ["wire"]), ([wire_item("b")], [])])
+    assert keys(new) == ["b"]
+
+
+def test_a_ledger_from_before_first_polls_were_recorded_counts_its_feeds_as_polled(tmp_path):
+    path = tmp_path / "seen.db"
+    store = open_store(path)
+    store.claim([wire_item("a")])
+    store.db.execute("DROP TABLE feeds_polled")  # as a file from before the table existed
+    store.close()
+    store = open_store(path, feeds=["wire"], mark_seen_first_poll=["wire"])
+    assert keys(store.claim([wire_item("b")])) == ["b"]  # what is new is alerted, not hidden
+
+
+def claim_once(endpoint: str, req_id: int, items: list[Item], polled: list[str]
+               ) -> protocol.Claimed:
+    ctx = zmq.Context.instance()
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.RCVTIMEO, 10_000)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.connect(endpoint)
+    try:
+        sock.send(protocol.encode(protocol.Claim(req_id=req_id, items=items, polled=polled)))
+        return protocol.Codec(protocol.Claimed).decode(sock.recv())
+    finally:
+        sock.close()
+
+
+def test_the_dedupe_actor_applies_each_feeds_first_poll_policy(run_supervisor, workdir):
+    feeds = [{"name": "quiet", "kind": "pr", "url": "http://127.0.0.1:9/quiet.xml"},
+             {"name": "loud", "kind": "pr", "url": "http://127.0.0.1:9/loud.xml",
+              "first_poll": "alert"}]
+    cfg = base_config(workdir, feeds, actors={"fetcher": {"instances": 0}},
+                      fetch={"first_poll": "mark_seen"})
+    running = run_supervisor(cfg)
+    wait_for(running.all_running, 30, message="actors running")
+    endpoint = load_config(running.config_path).endpoint("dedupe_rpc")
+    q = [wire_item(f"https://q.example/{i}", "quiet") for i in range(4)]
+    loud = wire_item("https://l.example/1", "loud")
+    assert claim_once(endpoint, 1, [q[0], q[1], loud], ["quiet", "loud"]).new == [loud.key]
+    assert claim_once(endpoint, 2, [q[0], q[1], q[2]], ["quiet"]).new == [q[2].key]
+    done = running.cli("restart", "dedupe-0")
+    assert done.returncode == 0, done.stderr
+    wait_for(lambda: (running.actor("dedupe-0") or {}).get("restarts") == 1
+             and running.all_running(), 30, message="dedupe restarted")
+    assert wait_for(lambda: claim_once(endpoint, 3, [q[0], q[3]], ["quiet"]), 20).new == [q[3].key]
+    wait_for(lambda: len(running.alerts()) >= 3, 30, message="3 alerts")
+    running.cli("stop")
+    assert running.wait_exit(60) == 0
+    assert sorted(a["key"] for a in running.alerts()) == sorted([loud.key, q[2].key, q[3].key])
+
+
+def test_a_fresh_install_alerts_only_what_its_feeds_publish_after_their_first_poll(
+        wire, run_supervisor, workdir):
+    from tests.test_pipeline import make_items
+
+    published = make_items("fresh", 5)
+    feeds = [{"name": "fresh", "kind": "pr",
+              "url": wire.serve_feed("/fresh.xml", lambda: list(published))}]
+    cfg = base_config(workdir, feeds, fetch={"first_poll": "mark_seen"})
+    running = run_supervisor(cfg)
+    wait_for(lambda: (running.actor("dedupe-0") or {}).get("stats", {})
+             .get("marked_seen_first_poll", 0) >= 5, 30, message="the first poll marked seen")
+    published.extend(make_items("fresh", 3, start=5))
+    wait_for(lambda: len(running.alerts()) >= 3, 30, message="the 3 later items alerted")
+    running.cli("stop")
+    assert running.wait_exit(60) == 0
+    assert sorted(a["key"] for a in running.alerts()) == sorted(
+        f"https://news.example.com/fresh/{i}" for i in range(5, 8))

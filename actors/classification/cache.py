@@ -5,6 +5,11 @@ SQLite file in data_dir that only llm actors open (WAL and busy_timeout let seve
 instances share it through SQLite's own locking). Rows expire after a TTL and are purged
 on a schedule; an amended filing (8-K/A) drops the analyses of the same company's
 earlier filings of that form.
+
+The file is a cache: when it cannot be used (disk full, I/O error, locked:
+StoreUnavailableError) the cache goes on in memory alone, raises one admin event, and
+tries the file again with backoff (StoreOutage); a redelivered item is still answered
+from memory within cache_size and cache_ttl_s.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from typing import TYPE_CHECKING, Callable
 import cachetools
 import msgspec
 
+from actors.errors import StoreUnavailableError
 from actors.protocol import Analysis, Item
-from actors.storage import open_checked, transaction
+from actors.storage import StoreOutage, faults_as_unavailable, open_checked, transaction
 
 if TYPE_CHECKING:
     from catalyst_config import SqliteConfig
@@ -69,39 +75,83 @@ def amended_form(item: Item) -> str | None:
 
 def open_llm_db(path: Path, sqlite_cfg: SqliteConfig, on_corrupt: Callable[[str], None] | None = None
                 ) -> sqlite3.Connection:
-    """Opens (or creates) the llm actors' database; a corrupt one is moved aside."""
+    """Opens (or creates) the llm actors' database; a corrupt one is moved aside, and a
+    storage fault (disk full, locked...) raises StoreUnavailableError, the file kept."""
     return open_checked(path, sqlite_cfg, SCHEMA, what="llm cache", on_corrupt=on_corrupt)
 
 
 class AnalysisCache:
-    """Analyses by (item key, content hash): memory first, then the SQLite file."""
+    """Analyses by (item key, content hash): memory first, then the SQLite file.
 
-    def __init__(self, db: sqlite3.Connection, *, ttl_s: float, memory_size: int,
-                 clock: Callable[[], float] = time.time):
+    db None: the file is not open (it was away at start); opener, when given, opens it,
+    tried again with backoff. admin(event, message, reason=, level=) hears of outages."""
+
+    def __init__(self, db: sqlite3.Connection | None, *, ttl_s: float, memory_size: int,
+                 clock: Callable[[], float] = time.time,
+                 opener: Callable[[], sqlite3.Connection] | None = None,
+                 admin: Callable[..., None] | None = None):
         self.db = db
+        self.opener = opener
         self.ttl_s = ttl_s
         self.clock = clock
         self.memory: cachetools.TTLCache = cachetools.TTLCache(maxsize=memory_size, ttl=ttl_s)
         self.hits = self.misses = self.invalidated = self.purged = 0
+        self.skipped_writes = 0  # analyses kept in memory only: the file was away
+        self.outage = StoreOutage(CACHE_FILE, notify=admin,
+                                  effect="analyses are cached in memory only meanwhile")
+        if db is None and opener is None:
+            raise ValueError("AnalysisCache needs a connection or an opener")
+
+    def _file(self) -> sqlite3.Connection | None:
+        """The connection when the file may be used now: open and up, or a try is due
+        (opening it, when it never opened)."""
+        now = time.monotonic()
+        self.outage.settle(now)
+        if not self.outage.usable(now):
+            return None
+        if self.db is None:
+            try:
+                self.db = self.opener()
+            except StoreUnavailableError as exc:
+                self.outage.failed(exc, now)
+                return None
+        return self.db
+
+    def _use(self, work: Callable[[sqlite3.Connection], object], default=None, *,
+             writes: bool = True):
+        """work(connection), or default when the file is away (a failure starts or
+        continues the outage). Only a write that works ends one: a full disk still reads."""
+        db = self._file()
+        if db is None:
+            return default
+        try:
+            with faults_as_unavailable(CACHE_FILE):
+                result = work(db)
+        except StoreUnavailableError as exc:
+            self.outage.failed(exc)
+            return default
+        if writes:
+            self.outage.ok()
+        return result
 
     def get(self, key: str, content: str) -> Analysis | None:
         analysis = self.memory.get((key, content))
         if analysis is None:
-            row = self.db.execute(
+            row = self._use(lambda db: db.execute(
                 "SELECT analysis FROM analyses WHERE key = ? AND content = ? AND expires > ?",
-                (key, content, self.clock())).fetchone()
+                (key, content, self.clock())).fetchone(), writes=False)
             if row is None:
                 self.misses += 1
                 return None
             analysis = _decoder.decode(row[0])
             self.memory[(key, content)] = analysis
         self.hits += 1
-        self.db.execute("UPDATE analyses SET hits = hits + 1 WHERE key = ? AND content = ?",
-                        (key, content))
+        self._use(lambda db: db.execute(
+            "UPDATE analyses SET hits = hits + 1 WHERE key = ? AND content = ?", (key, content)))
         return analysis
 
     def put_many(self, entries: list[tuple[Item, str, Analysis]]) -> None:
-        """Stores analyses in one transaction."""
+        """Stores analyses in one transaction (in memory alone while the file is away)."""
         if not entries:
             return
         now = self.clock()
@@ -110,16 +160,22 @@ class AnalysisCache:
             self.memory[(item.key, content)] = analysis
             rows.append((item.key, content, item.cik, normal_form(item.form) or None,
                          item.published, _encoder.encode(analysis), now, now + self.ttl_s))
-        with transaction(self.db):
-            self.db.executemany(
-                "INSERT OR REPLACE INTO analyses (key, content, cik, form, published, analysis,"
-                " created, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+        def write(db: sqlite3.Connection) -> bool:
+            with transaction(db):
+                db.executemany(
+                    "INSERT OR REPLACE INTO analyses (key, content, cik, form, published,"
+                    " analysis, created, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            return True
+        if not self._use(write, default=False):
+            self.skipped_writes += len(rows)
 
     def invalidate_amended(self, amendment: Item) -> int:
         """Drops the cached analyses of the filer's earlier filings of the amended form.
 
         An 8-K/A replaces what the 8-K said: an analysis of the 8-K (or of an earlier
-        8-K/A) answered from the cache would repeat what the amendment corrected.
+        8-K/A) answered from the cache would repeat what the amendment corrected. (While
+        the file is away nothing is dropped: memory does not know filers.)
         """
         base = amended_form(amendment)
         if base is None:
@@ -128,10 +184,14 @@ class AnalysisCache:
         where = ("cik = ? AND form IN (?, ?) AND key != ?"
                  " AND (? IS NULL OR published IS NULL OR published <= ?)")
         args = (amendment.cik, base, base + "/A", amendment.key, published, published)
-        with transaction(self.db):
-            gone = self.db.execute(f"SELECT key, content FROM analyses WHERE {where}",
-                                   args).fetchall()
-            self.db.execute(f"DELETE FROM analyses WHERE {where}", args)
+
+        def drop(db: sqlite3.Connection) -> list:
+            with transaction(db):
+                gone = db.execute(f"SELECT key, content FROM analyses WHERE {where}",
+                                  args).fetchall()
+                db.execute(f"DELETE FROM analyses WHERE {where}", args)
+            return gone
+        gone = self._use(drop, default=[])
         for key, content in gone:
             self.memory.pop((key, content), None)
         self.invalidated += len(gone)
@@ -141,13 +201,16 @@ class AnalysisCache:
         return len(gone)
 
     def purge_expired(self) -> int:
-        with transaction(self.db):
-            removed = self.db.execute("DELETE FROM analyses WHERE expires <= ?",
-                                      (self.clock(),)).rowcount
+        def purge(db: sqlite3.Connection) -> int:
+            with transaction(db):
+                return db.execute("DELETE FROM analyses WHERE expires <= ?",
+                                  (self.clock(),)).rowcount
+        removed = self._use(purge, default=0)
         self.purged += removed
         return removed
 
     def stats(self) -> dict:
         return {"cache_hits": self.hits, "cache_misses": self.misses,
                 "cache_size": len(self.memory), "cache_invalidated": self.invalidated,
-                "cache_purged": self.purged}
+                "cache_purged": self.purged, "cache_store": self.outage.state,
+                "cache_writes_skipped": self.skipped_writes}

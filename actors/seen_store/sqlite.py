@@ -11,7 +11,14 @@ Performance targets). The single owner (an exclusive flock, invariant 1 in
 docs/architecture.md) is what makes memory the truth.
 
 Leases live only in memory, on the monotonic clock: every pending item is due at start
-anyway, and a lease index in the file cost a quarter of a one-key claim.
+anyway, and a lease index in the file cost a quarter of a one-key claim. While the file
+cannot be written (disk full, locked: StoreUnavailableError) the owner suspends the leases,
+so an outage sends nothing again and counts no attempt; memory changes only once the file
+has the change, so a failed write leaves them agreeing.
+
+First poll of a feed (fetch.first_poll): a small table names the feeds that have completed
+a poll. Until a feed has, its items are recorded as seen and finished, not pending, when
+its policy is mark_seen, so a new feed does not flood the sinks with its back catalogue.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import logging
+import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +35,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 import msgspec
 
 from actors.protocol import Item
-from actors.storage import FileLock, open_checked, transaction
+from actors.storage import FileLock, faults_as_unavailable, open_checked, probe, transaction
 
 if TYPE_CHECKING:
     from catalyst_config import SqliteConfig
@@ -53,6 +61,13 @@ CREATE TABLE IF NOT EXISTS ledger (
     payload BLOB
 );
 DROP INDEX IF EXISTS ledger_pending;  -- files from before leases moved to memory
+"""
+# Feeds that have completed a poll (fetch.first_poll); made in _load, see there.
+FEEDS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feeds_polled (
+    name TEXT PRIMARY KEY,
+    first_polled_at REAL NOT NULL
+) WITHOUT ROWID;
 """
 # Named, so a file from before keeps working (its lease_until column is left NULL).
 INSERT = "INSERT INTO ledger (seq, hh, key, state, attempts, seen_at, payload) VALUES (?,?,?,?,?,?,?)"
@@ -85,26 +100,45 @@ class DueResult:
 
 
 class SqliteSeenStore:
-    """The embedded SeenStore backend. Only the dedupe actor constructs one."""
+    """The embedded SeenStore backend. Only the dedupe actor constructs one.
+
+    Every method that touches the file raises StoreUnavailableError for a storage fault
+    (disk full, I/O error, read-only, locked) and then leaves memory as it was."""
 
     def __init__(self, path: Path, *, sqlite_cfg: SqliteConfig, lease_s: float, max_attempts: int,
                  ttl_s: float, on_corrupt: Callable[[str], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, feeds: Iterable[str] = (),
+                 mark_seen_first_poll: Iterable[str] = ()):
+        """feeds: the configured feed names, the only ones recorded as polled.
+        mark_seen_first_poll: those whose first poll marks its items seen (fetch.first_poll)."""
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.label = self.path.name
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.ttl_s = ttl_s
         self.clock = clock
+        self.feeds = frozenset(feeds)
+        self.mark_seen_first_poll = frozenset(mark_seen_first_poll)
+        self.marked_seen = 0  # items recorded seen on their feed's first poll, since opened
+        self.suspended_at: float | None = None  # leases paused (store clock), see suspend_leases
+        # Raises StoreLockedError (another owner) or StoreUnavailableError (a full disk).
         self.lock = FileLock(self.path.with_name(self.path.name + ".lock"))
+        self.db: sqlite3.Connection | None = None
         try:
             self.db = open_checked(self.path, sqlite_cfg, SCHEMA, what="SeenStore",
                                    on_corrupt=on_corrupt)
-            self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
-            self._load()
+            with self._faults():
+                self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
+                self._load()
         except BaseException:
+            if self.db is not None:
+                self.db.close()
             self.lock.release()
             raise
+
+    def _faults(self):
+        """Storage faults inside become StoreUnavailableError naming this file."""
+        return faults_as_unavailable(self.label, self.path)
 
     def _load(self) -> None:
         """The in-memory index, from the file: live keys, and pending keys' rows and leases.
@@ -123,49 +157,96 @@ class SqliteSeenStore:
                 self.retry[seq] = _Lease(hh, attempts, 0.0)
         row = self.db.execute("SELECT max(seq) FROM ledger").fetchone()
         self.next_seq = (row[0] or 0) + 1
+        self.polled_feeds = self._load_feeds()
+
+    def _load_feeds(self) -> set[str]:
+        """Feeds that have completed a poll. The table is made here, not in SCHEMA: a
+        ledger from before it existed has polled its configured feeds already, and its
+        first poll after the upgrade must alert what is new, not mark it seen."""
+        made = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
+                               "AND name = 'feeds_polled'").fetchone()
+        if not made:
+            with transaction(self.db):
+                self.db.execute(FEEDS_SCHEMA.strip())
+                if self.next_seq > 1:  # not a fresh ledger
+                    self.db.executemany(
+                        "INSERT OR IGNORE INTO feeds_polled (name, first_polled_at) VALUES (?, ?)",
+                        [(name, time.time()) for name in sorted(self.feeds)])
+        return {name for (name,) in self.db.execute("SELECT name FROM feeds_polled")}
 
     # Claiming -----------------------------------------------------------
 
-    def claim(self, items: Iterable[Item], now: float | None = None) -> list[Item]:
+    def claim(self, items: Iterable[Item], now: float | None = None, *,
+              polled: Iterable[str] = ()) -> list[Item]:
         """Claims items atomically; returns those that were new, now pending (attempt 1).
 
         An item is a duplicate when its key or its cross-wire signature was seen before.
-        now is wall-clock time, for the TTL.
+        An item of a feed that has not completed a poll yet and whose first poll marks
+        seen (mark_seen_first_poll) is recorded as seen and finished instead: not
+        returned, never sent. polled: the feeds whose poll this claim completes, recorded
+        with it. now is wall-clock time, for the TTL.
         """
+        return self.claim_group([(items, polled)], now)
+
+    def claim_group(self, claims: Iterable[tuple[Iterable[Item], Iterable[str]]],
+                    now: float | None = None) -> list[Item]:
+        """Several claims (items, polled) in one transaction, in their order (group commit):
+        a feed one claim completes the poll of is a polled feed for the claims after it.
+        Returns the new items of all of them."""
         now = time.time() if now is None else now
         new: list[Item] = []
         rows: list[tuple] = []
         added: dict[bytes, int] = {}  # hash -> seq, or 0 for a seen-only mark
+        polled_now: dict[str, None] = {}  # feeds polled for the first time, in order
+        marked = 0
         seq = self.next_seq
-        for item in items:
-            hk = key_hash(item.key)
-            if hk in self.live or hk in added:
-                continue
-            if item.signature:
-                sig = "sig:" + item.signature
-                hs = key_hash(sig)
-                if hs in self.live or hs in added:  # a copy already seen on another wire
-                    rows.append((seq, hk, item.key, SEEN, 0, now, None))
-                    added[hk], seq = 0, seq + 1
+        for items, polled in claims:
+            for item in items:
+                hk = key_hash(item.key)
+                if hk in self.live or hk in added:
                     continue
-                rows.append((seq, hs, sig, SEEN, 0, now, None))
-                added[hs], seq = 0, seq + 1
-            rows.append((seq, hk, item.key, PENDING, 1, now, _item_encoder.encode(item)))
-            added[hk], seq = seq, seq + 1
-            new.append(item)
-        if rows:
-            if len(rows) == 1:  # one statement is its own transaction: fewer round trips
+                if item.signature:
+                    sig = "sig:" + item.signature
+                    hs = key_hash(sig)
+                    if hs in self.live or hs in added:  # a copy already seen on another wire
+                        rows.append((seq, hk, item.key, SEEN, 0, now, None))
+                        added[hk], seq = 0, seq + 1
+                        continue
+                    rows.append((seq, hs, sig, SEEN, 0, now, None))
+                    added[hs], seq = 0, seq + 1
+                if (item.source in self.mark_seen_first_poll
+                        and item.source not in self.polled_feeds and item.source not in polled_now):
+                    rows.append((seq, hk, item.key, SEEN, 0, now, None))  # first poll: seen
+                    added[hk], seq = 0, seq + 1
+                    marked += 1
+                    continue
+                rows.append((seq, hk, item.key, PENDING, 1, now, _item_encoder.encode(item)))
+                added[hk], seq = seq, seq + 1
+                new.append(item)
+            for name in polled:
+                if name in self.feeds and name not in self.polled_feeds:
+                    polled_now[name] = None
+        if not rows and not polled_now:
+            return new
+        with self._faults():
+            if len(rows) == 1 and not polled_now:  # one statement is its own transaction
                 self.db.execute(INSERT, rows[0])
             else:
                 with transaction(self.db):
                     self.db.executemany(INSERT, rows)
-            self.next_seq = seq  # only once the rows are committed
-            self.live.update(added)
-            due_at = self.clock() + self.lease_s
-            for hk, seq in added.items():
-                if seq:
-                    self.pending_rows[hk] = seq
-                    self.leased[seq] = _Lease(hk, 1, due_at)
+                    self.db.executemany(
+                        "INSERT OR IGNORE INTO feeds_polled (name, first_polled_at) VALUES (?, ?)",
+                        [(name, now) for name in polled_now])
+        # Memory follows the file, once written.
+        self.next_seq = seq
+        self.live.update(added)
+        self.polled_feeds.update(polled_now)
+        self.marked_seen += marked
+        due_at = self.clock() + self.lease_s
+        for hk, seq in added.items():
+            if seq:
+                self.pending_rows[hk] = seq
+                self.leased[seq] = _Lease(hk, 1, due_at)
         return new
 
     # The ledger ----------------------------------------------------------
@@ -179,6 +260,10 @@ class SqliteSeenStore:
                 found.append((hk, seq))
         return found
 
+    def _queued(self, seq: int) -> _Lease:
+        lease = self.leased.get(seq)
+        return lease if lease is not None else self.retry[seq]
+
     def _unqueue(self, seq: int) -> _Lease:
         lease = self.leased.pop(seq, None)
         return lease if lease is not None else self.retry.pop(seq)
@@ -187,7 +272,7 @@ class SqliteSeenStore:
         """Marks pending keys delivered or filtered; returns how many were pending."""
         rows = self._pending_seqs(keys)
         if rows:
-            with transaction(self.db):
+            with self._faults(), transaction(self.db):
                 self.db.executemany("UPDATE ledger SET state = ?, payload = NULL WHERE seq = ?",
                                     [(OUTCOMES[outcome], seq) for _, seq in rows])
             for hk, seq in rows:
@@ -197,14 +282,15 @@ class SqliteSeenStore:
 
     def sent(self, keys: list[str]) -> None:
         """The next stage took these redeliveries: write their count, start a new lease."""
-        leases = [(seq, self._unqueue(seq)) for _, seq in self._pending_seqs(keys)]
+        leases = [(seq, self._queued(seq)) for _, seq in self._pending_seqs(keys)]
         if not leases:  # all refused (the llm is away): no empty transaction every retry
             return
-        with transaction(self.db):
+        with self._faults(), transaction(self.db):
             self.db.executemany("UPDATE ledger SET attempts = ? WHERE seq = ?",
                                 [(lease.attempts, seq) for seq, lease in leases])
         due_at = self.clock() + self.lease_s
-        for seq, lease in leases:
+        for seq, lease in leases:  # memory follows the file, once written
+            self._unqueue(seq)
             lease.due_at = due_at
             self.leased[seq] = lease
 
@@ -220,14 +306,57 @@ class SqliteSeenStore:
             lease.due_at = due_at
             self.retry[seq] = lease
 
+    def condemn(self, keys: list[str]) -> int:
+        """Makes pending items dead letters at once, without waiting out their attempts
+        (an item no frame can carry); returns how many were pending."""
+        rows = self._pending_seqs(keys)
+        if rows:
+            wall = time.time()
+            with self._faults(), transaction(self.db):
+                self.db.executemany("UPDATE ledger SET state = ?, seen_at = ? WHERE seq = ?",
+                                    [(DEAD, wall, seq) for _, seq in rows])
+            for hk, seq in rows:
+                del self.pending_rows[hk]
+                self._unqueue(seq)
+        return len(rows)
+
+    # Leases while the file is away ---------------------------------------
+
+    def suspend_leases(self) -> None:
+        """Stops the lease clock: while the ledger cannot record a send, nothing is due,
+        so no item is sent again or counted an attempt, and none dies of the outage."""
+        if self.suspended_at is None:
+            self.suspended_at = self.clock()
+
+    def resume_leases(self) -> None:
+        """Starts the lease clock again where it stopped: every lease moves on by the
+        length of the pause, so each keeps what it had left."""
+        if self.suspended_at is None:
+            return
+        shift = max(0.0, self.clock() - self.suspended_at)
+        self.suspended_at = None
+        for queue in (self.retry, self.leased):
+            for lease in queue.values():
+                lease.due_at += shift
+
+    @property
+    def leases_suspended(self) -> bool:
+        return self.suspended_at is not None
+
     def next_due(self) -> float:
-        """When the earliest lease expires (store clock); inf when nothing is pending."""
+        """When the earliest lease expires (store clock); inf when nothing is pending or
+        the leases are suspended."""
+        if self.suspended_at is not None:
+            return float("inf")
         heads = [next(iter(q.values())).due_at for q in (self.retry, self.leased) if q]
         return min(heads, default=float("inf"))
 
     def due(self, now: float | None = None, limit: int = 500) -> DueResult:
         """Expired leases: items to send again, counted as sent (pass them to sent() or
-        unsent()), and items out of attempts, which are dead letters on return."""
+        unsent()), and items out of attempts, which are dead letters on return. Nothing
+        while the leases are suspended."""
+        if self.suspended_at is not None:
+            return DueResult([], [])
         now = self.clock() if now is None else now
         picked: list[tuple[int, _Lease]] = []
         for queue in (self.retry, self.leased):
@@ -237,18 +366,19 @@ class SqliteSeenStore:
                 picked.append((seq, lease))
         if not picked:
             return DueResult([], [])
-        payloads = dict(self.db.execute(
-            f"SELECT seq, payload FROM ledger WHERE seq IN ({','.join('?' * len(picked))})",
-            [seq for seq, _ in picked]))
         dead, again = [], []
         for seq, lease in picked:
             (dead if lease.attempts >= self.max_attempts else again).append((seq, lease))
-        if dead:
-            wall = time.time()
-            with transaction(self.db):
-                # A dead letter keeps its item for inspection; seen_at restarts its TTL.
-                self.db.executemany("UPDATE ledger SET state = ?, seen_at = ? WHERE seq = ?",
-                                    [(DEAD, wall, seq) for seq, _ in dead])
+        with self._faults():
+            payloads = dict(self.db.execute(
+                f"SELECT seq, payload FROM ledger WHERE seq IN ({','.join('?' * len(picked))})",
+                [seq for seq, _ in picked]))
+            if dead:
+                wall = time.time()
+                with transaction(self.db):
+                    # A dead letter keeps its item for inspection; seen_at restarts its TTL.
+                    self.db.executemany("UPDATE ledger SET state = ?, seen_at = ? WHERE seq = ?",
+                                        [(DEAD, wall, seq) for seq, _ in dead])
         for seq, lease in picked:  # memory follows the file, once written
             self._unqueue(seq)
         for _, lease in dead:
@@ -265,10 +395,11 @@ class SqliteSeenStore:
 
     def dead_letters(self, limit: int = 100) -> tuple[int, list[dict]]:
         """How many dead letters there are, and the newest `limit` of them."""
-        total = self.db.execute("SELECT count(*) FROM ledger WHERE state = ?", (DEAD,)
-                                ).fetchone()[0]
-        rows = self.db.execute("SELECT attempts, seen_at, payload FROM ledger WHERE state = ? "
-                               "ORDER BY seen_at DESC LIMIT ?", (DEAD, limit)).fetchall()
+        with self._faults():
+            total = self.db.execute("SELECT count(*) FROM ledger WHERE state = ?", (DEAD,)
+                                    ).fetchone()[0]
+            rows = self.db.execute("SELECT attempts, seen_at, payload FROM ledger WHERE state = ? "
+                                   "ORDER BY seen_at DESC LIMIT ?", (DEAD, limit)).fetchall()
         out = []
         for attempts, died_at, payload in rows:
             item = _item_decoder.decode(payload)
@@ -279,15 +410,17 @@ class SqliteSeenStore:
     def replay_dead(self, keys: list[str] | None = None) -> int:
         """Makes dead letters pending again with a fresh count of attempts, due at once
         (keys None: all of them); returns how many."""
-        rows = self.db.execute("SELECT seq, hh, key FROM ledger WHERE state = ?",
-                               (DEAD,)).fetchall()
-        if keys is not None:
-            wanted = set(keys)
-            rows = [r for r in rows if r[2] in wanted]
+        with self._faults():
+            rows = self.db.execute("SELECT seq, hh, key FROM ledger WHERE state = ?",
+                                   (DEAD,)).fetchall()
+            if keys is not None:
+                wanted = set(keys)
+                rows = [r for r in rows if r[2] in wanted]
+            if rows:
+                with transaction(self.db):
+                    self.db.executemany("UPDATE ledger SET state = ?, attempts = 0 WHERE seq = ?",
+                                        [(PENDING, seq) for seq, _, _ in rows])
         if rows:
-            with transaction(self.db):
-                self.db.executemany("UPDATE ledger SET state = ?, attempts = 0 WHERE seq = ?",
-                                    [(PENDING, seq) for seq, _, _ in rows])
             due_at = self.clock() + UNSENT_RETRY_S  # as unsent() does, so retry stays in order
             for seq, hh, _ in rows:
                 self.pending_rows[hh] = seq
@@ -301,17 +434,24 @@ class SqliteSeenStore:
         return len(self.live)
 
     def counts(self) -> dict[str, int]:
-        rows = self.db.execute("SELECT state, count(*) FROM ledger GROUP BY state")
+        with self._faults():
+            rows = self.db.execute("SELECT state, count(*) FROM ledger GROUP BY state").fetchall()
         return {STATE_NAMES[s]: n for s, n in rows}
 
     def purge(self, now: float | None = None) -> int:
         """Forgets finished keys and dead letters older than the TTL; never pending ones."""
         cutoff = (time.time() if now is None else now) - self.ttl_s
-        with transaction(self.db):
+        with self._faults(), transaction(self.db):
             gone = self.db.execute("DELETE FROM ledger WHERE state != 1 AND seen_at < ? "
                                    "RETURNING hh", (cutoff,)).fetchall()
         self.live.difference_update(hh for (hh,) in gone)
         return len(gone)
+
+    def probe(self) -> None:
+        """One small committed write: raises StoreUnavailableError while the file cannot
+        take writes."""
+        with self._faults():
+            probe(self.db)
 
     def integrity_check(self) -> str:
         return self.db.execute("PRAGMA integrity_check").fetchone()[0]

@@ -1,4 +1,5 @@
-"""Local sinks: the console and JSONL files (alerts, admin events)."""
+"""Local sinks: the console and JSONL files (alerts, admin events). A JSONL file is
+private: created 0600, in directories created 0700."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from actors.errors import SinkError
 from actors.sinks.base import Sink
+from actors.storage import private_dir, private_file
 
 JSONL_SCAN_MAX_BYTES = 16 * 1024 * 1024  # how far back a crash-recovery check reads
 
@@ -41,8 +43,9 @@ class JsonlSink(Sink):
     def __init__(self, path: str | os.PathLike, name: str = "jsonl"):
         self.name = name
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        private_dir(self.path.parent)
+        private_file(self.path)  # also takes group and other access from an older file
+        self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         self.lock = threading.Lock()
 
     def deliver(self, record: dict[str, Any], chart: str | None = None) -> None:

@@ -5,6 +5,10 @@ actor kind; its instances coordinate through SQLite's own locking.
 Before a sink is tried the row says "sending" with the owner process and a sink mark; a
 row left "sending" by a dead owner is settled by asking the sink whether the key was
 written after the mark.
+
+The file is checked at start like every SQLite file (actors/storage/sqlite.py): a corrupt
+one is moved aside, a storage fault (disk full, locked...) raises StoreUnavailableError,
+and so does every method here; the alert actor then holds its alerts until it works again.
 """
 
 from __future__ import annotations
@@ -12,11 +16,11 @@ from __future__ import annotations
 import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import psutil
 
-from actors.storage import connect, transaction
+from actors.storage import faults_as_unavailable, open_checked, probe, transaction
 
 if TYPE_CHECKING:
     from catalyst_config import SqliteConfig
@@ -48,8 +52,12 @@ def _alive(pid: int, started: float) -> bool:
 
 
 class AlertJournal:
-    def __init__(self, path: Path, *, sqlite_cfg: SqliteConfig, ttl_s: float):
-        self.db = connect(path, sqlite_cfg, SCHEMA)
+    def __init__(self, path: Path, *, sqlite_cfg: SqliteConfig, ttl_s: float,
+                 on_corrupt: Callable[[str], None] | None = None):
+        self.label = path.name
+        self.path = path
+        self.db = open_checked(path, sqlite_cfg, SCHEMA, what="alert journal",
+                               on_corrupt=on_corrupt)
         self.ttl_s = ttl_s
         self.pid = os.getpid()
         self.started = psutil.Process(self.pid).create_time()
@@ -58,7 +66,7 @@ class AlertJournal:
         """Takes (key, sink) for this process: GO, or ALREADY delivered, or BUSY with a live
         owner, or UNSURE (a dead owner may have delivered; the old mark is returned)."""
         now = time.time()
-        with transaction(self.db):
+        with faults_as_unavailable(self.label, self.path), transaction(self.db):
             row = self.db.execute(
                 "SELECT state, owner_pid, owner_started, mark FROM sent WHERE key=? AND sink=?",
                 (key, sink)).fetchone()
@@ -79,17 +87,26 @@ class AlertJournal:
         return verdict, old_mark
 
     def done(self, key: str, sink: str) -> None:
-        self.db.execute("UPDATE sent SET state=?, at=? WHERE key=? AND sink=?",
-                        (DONE, time.time(), key, sink))
+        with faults_as_unavailable(self.label, self.path):
+            self.db.execute("UPDATE sent SET state=?, at=? WHERE key=? AND sink=?",
+                            (DONE, time.time(), key, sink))
 
     def release(self, key: str, sink: str) -> None:
         """The sink failed before anything was written: forget the attempt."""
-        self.db.execute("DELETE FROM sent WHERE key=? AND sink=? AND state=?",
-                        (key, sink, SENDING))
+        with faults_as_unavailable(self.label, self.path):
+            self.db.execute("DELETE FROM sent WHERE key=? AND sink=? AND state=?",
+                            (key, sink, SENDING))
 
     def purge(self) -> int:
-        return self.db.execute("DELETE FROM sent WHERE state=? AND at < ?",
-                               (DONE, time.time() - self.ttl_s)).rowcount
+        with faults_as_unavailable(self.label, self.path):
+            return self.db.execute("DELETE FROM sent WHERE state=? AND at < ?",
+                                   (DONE, time.time() - self.ttl_s)).rowcount
+
+    def probe(self) -> None:
+        """One small committed write: raises StoreUnavailableError while the file cannot
+        take writes."""
+        with faults_as_unavailable(self.label, self.path):
+            probe(self.db)
 
     def close(self) -> None:
         self.db.close()
