@@ -38,7 +38,10 @@ def gemini_config(data_dir: Path, fake: FakeGemini, **llm):
     settings = {"provider": "gemini", "base_url": fake.base_url, "timeout_s": 2.0,
                 "requests_per_minute": 60000, "retry_backoff_initial_s": 0.01,
                 "retry_backoff_max_s": 0.5, "breaker_backoff_initial_s": 0.3, **llm}
-    return config_from_dict({"data_dir": str(data_dir), "llm": settings},
+    # A per-feed cap must name a configured feed: the feeds it names are configured here.
+    feeds = [{"name": name, "kind": "pr", "url": f"https://{name}.example/rss"}
+             for name in settings.get("feed_daily_budget_usd", {})]
+    return config_from_dict({"data_dir": str(data_dir), "llm": settings, "feeds": feeds},
                             secrets=Secrets({"GEMINI_API_KEY": API_KEY}))
 
 

@@ -10,6 +10,14 @@ queue and a socketpair that wakes the actor loop, which alone touches SQLite and
 sockets. Whenever the model cannot answer (garbage twice, the API failing, the breaker
 open, the budget spent, the item's feed at its daily cap, an item waiting too long) the
 keyword classifier does, and the reason is counted.
+
+llm_cache.db (analyses and the daily spend) may be away: disk full, I/O errors, read-only,
+locked by another program, at start or later. The provider starts and runs anyway, with
+no restart: analyses are cached in memory alone, and since the budget cannot be checked
+the keyword classifier answers (store_unavailable) instead of an unmetered model. One
+admin event tells of it (the cache and the usage monitor share the file's StoreOutage);
+the file is tried again with backoff, and the model resumes once a write works, with
+the spend it could not write meanwhile written first (actors.classification.gemini.usage).
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from __future__ import annotations
 import collections
 import logging
 import queue
+import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -36,8 +45,12 @@ from actors.classification.cache import (
 from actors.classification.gemini.api import GeminiAPI, GeminiCaller, Outcome
 from actors.classification.gemini.prompt import looks_like_instructions
 from actors.classification.gemini.rate_limit import RateLimiter
-from actors.classification.gemini.usage import UsageMonitor, split_cost
-from actors.errors import ConfigError
+from actors.classification.gemini.usage import (
+    STORE_AWAY_EFFECT,
+    UsageMonitor,
+    split_cost,
+)
+from actors.errors import ConfigError, StoreUnavailableError
 from actors.protocol import Analysis, Item
 from actors.resilience import CircuitBreaker
 
@@ -76,11 +89,21 @@ class GeminiClassifier:
         api_key = config.secrets.get("GEMINI_API_KEY")
         if not api_key:
             raise ConfigError("llm.provider", "gemini needs GEMINI_API_KEY in the environment")
-        self.db = open_llm_db(config.path(config.data_dir) / CACHE_FILE, config.llm.sqlite,
-                              on_corrupt=lambda m: self.admin("llm_cache_corrupt", m,
-                                                              reason="corrupt", level="error"))
-        self.cache = AnalysisCache(self.db, ttl_s=llm.cache_ttl_s, memory_size=llm.cache_size)
-        self.usage = UsageMonitor(self.db, llm, actor=name, admin=self.admin)
+        self.db_path = config.path(config.data_dir) / CACHE_FILE
+        self.db: sqlite3.Connection | None = None
+        away: StoreUnavailableError | None = None
+        try:
+            self._open_db()
+        except StoreUnavailableError as exc:  # kept where it is; opened later, with backoff
+            away = exc
+        self.cache = AnalysisCache(self.db, ttl_s=llm.cache_ttl_s, memory_size=llm.cache_size,
+                                   opener=self._open_db, admin=self.admin)
+        # One file, one outage: the cache's, told what this provider does meanwhile.
+        self.cache.outage.effect = f"analyses are cached in memory only; {STORE_AWAY_EFFECT}"
+        if away is not None:
+            self.cache.outage.failed(away)  # the admin event, at start
+        self.usage = UsageMonitor(self.db, llm, actor=name, admin=self.admin,
+                                  opener=self._open_db, outage=self.cache.outage)
         self.limiter = RateLimiter(llm.requests_per_minute / max(1, config.actors.llm.instances),
                                    burst=llm.max_concurrency)
         self.breaker = CircuitBreaker("gemini", llm.breaker_failures,
@@ -103,6 +126,16 @@ class GeminiClassifier:
         now = time.monotonic()
         self.next_purge = now + min(60.0, llm.cache_purge_interval_s)
         self.next_refresh = now + USAGE_REFRESH_S
+
+    def _open_db(self) -> sqlite3.Connection:
+        """The one connection to llm_cache.db that the cache and the usage monitor share,
+        opened on first use; raises StoreUnavailableError while the file is away."""
+        if self.db is None:
+            self.db = open_llm_db(
+                self.db_path, self.llm.sqlite,
+                on_corrupt=lambda m: self.admin("llm_cache_corrupt", m, reason="corrupt",
+                                                level="error"))
+        return self.db
 
     # The Classifier interface ------------------------------------------------
 
@@ -198,13 +231,16 @@ class GeminiClassifier:
         self.stop.set()  # workers waiting out a backoff give up at once
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.api.close()
-        self.db.close()
+        if self.db is not None:
+            self.db.close()
         self._waker.close()
 
     # Calls ---------------------------------------------------------------------
 
     def _model_unavailable(self) -> str | None:
         """Why no model may be asked now, or None."""
+        if not self.usage.available():  # the budget cannot be checked: never unmetered
+            return "store_unavailable"
         if self.usage.choose_model() is None:
             return "budget"
         if not self.breaker.allow():

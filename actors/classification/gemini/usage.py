@@ -13,6 +13,17 @@ day, on every model together, unless llm.feed_daily_budget_usd names its own cap
 cost is shared among its items by their token counts (split_cost()); a feed at its cap
 gets the keyword classifier until 00:00 UTC. A cap is checked before a request, so the
 calls in flight when it is reached may overshoot it by their own cost.
+
+The rows live in llm_cache.db, which can be away (disk full, I/O errors, read-only, locked
+by a backup tool). While the tables cannot be read or written the budget cannot be
+checked: available() says so, choose_model() answers None, and the classifier answers
+with keywords rather than call the model unmetered. Every read and write goes through
+faults_as_unavailable, so no storage fault leaves this class; the outage (shared with the
+analysis cache: one file, one admin event) is tried again with backoff, and a try that
+works writes the spend it could not write before and re-reads today's totals. That
+spend (the calls that were in flight when the file went away) waits in memory, summed
+by (day, model) and (day, feed), at most MAX_UNWRITTEN_ROWS rows; it is lost only if
+the actor dies before the file comes back.
 """
 
 from __future__ import annotations
@@ -25,7 +36,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
-from actors.storage import transaction
+from actors.classification.cache import CACHE_FILE
+from actors.errors import StoreUnavailableError
+from actors.storage import StoreOutage, faults_as_unavailable, probe, transaction
 
 if TYPE_CHECKING:
     from catalyst_config import LLMConfig
@@ -60,6 +73,15 @@ CREATE TABLE IF NOT EXISTS budget_events (
 """
 KEEP_DAYS = 400  # usage history kept for reports
 CHARS_PER_TOKEN = 4  # estimate when a response carries no usage metadata
+# Spend rows waiting in memory for the file, (day, model) and (day, feed) together. While
+# the file is away no call starts, so only the calls in flight when it went add to them:
+# a few rows a day. Past the bound per-feed rows go first (the model rows carry the
+# budget), oldest day first, and each dropped row is counted and logged.
+MAX_UNWRITTEN_ROWS = 1000
+STORE_AWAY_EFFECT = ("the daily budget cannot be checked, so the keyword classifier "
+                     "answers meanwhile; spend not yet written is kept in memory")
+
+_AWAY = object()  # what _use() answers when the file could not be used
 
 AdminFn = Callable[..., None]  # Actor.admin(event, message, reason=, level=)
 
@@ -95,9 +117,15 @@ def utc_day(wall: float) -> str:
 class UsageMonitor:
     """Records usage and cost; says which model today's budget still allows."""
 
-    def __init__(self, db: sqlite3.Connection, llm: LLMConfig, *, actor: str,
-                 admin: AdminFn | None = None, wall: Callable[[], float] = time.time):
+    def __init__(self, db: sqlite3.Connection | None, llm: LLMConfig, *, actor: str,
+                 admin: AdminFn | None = None, wall: Callable[[], float] = time.time,
+                 opener: Callable[[], sqlite3.Connection] | None = None,
+                 outage: StoreOutage | None = None):
+        """db None: the file is not open (it was away at start); opener opens it when a
+        try is due. outage: the file's StoreOutage when another part shares the file
+        (the analysis cache), so one outage raises one admin event."""
         self.db = db
+        self.opener = opener
         self.pricing = llm.pricing
         self.model = llm.model
         self.fallback_model = llm.fallback_model
@@ -113,13 +141,24 @@ class UsageMonitor:
         self.actor = actor
         self.admin = admin or (lambda *a, **k: None)
         self.wall = wall
-        db.executescript(SCHEMA)
-        self.day = ""
+        self.outage = outage or StoreOutage(CACHE_FILE, notify=self.admin,
+                                            effect=STORE_AWAY_EFFECT)
+        self.day = utc_day(wall())
         self.announced: set[tuple[str, str]] = set()  # (day, event) already sent
         self.spent_all: dict[str, float] = {}  # today, every llm instance, by model
         self.feed_spent: dict[str, float] = {}  # today, every llm instance, by feed
         self.mine: dict[str, list[float]] = {}  # today, this actor: model -> [calls, in, out, usd]
-        self.refresh()
+        # Spend not yet in the file: (day, model) -> [calls, in, out, usd], (day, feed) ->
+        # [items, usd]. Summed, and bounded by MAX_UNWRITTEN_ROWS.
+        self.unwritten: dict[tuple[str, str], list[float]] = {}
+        self.unwritten_feeds: dict[tuple[str, str], list[float]] = {}
+        self.dropped_rows = 0
+        self.schema_ready = False
+        # True while today's totals are not known from the file (not read yet, or a read
+        # or write failed since): the budget cannot be checked.
+        self.stale = True
+        if db is not None:
+            self._recover()
 
     def cost(self, usage: Usage) -> float:
         return sum(self.cost_parts(usage))
@@ -142,61 +181,84 @@ class UsageMonitor:
     def record(self, usages: list[Usage], by_feed: dict[str, tuple[int, float]] | None = None
                ) -> float:
         """Adds the calls' usage to today's rows, and by_feed (feed -> items, USD: the same
-        calls' cost shared by item) to the feeds' rows; returns the calls' cost."""
+        calls' cost shared by item) to the feeds' rows; returns the calls' cost. While the
+        file is away the rows wait in memory (see the module docstring)."""
         self._roll_day()
         total = 0.0
-        rows = []
         for u in usages:
             usd = self.cost(u)
             total += usd
-            rows.append((self.day, u.model, self.actor, u.tokens_in, u.tokens_out, usd))
-            mine = self.mine.setdefault(u.model, [0, 0, 0, 0.0])
-            mine[0] += 1
-            mine[1] += u.tokens_in
-            mine[2] += u.tokens_out
-            mine[3] += usd
-        if rows:
-            with transaction(self.db):
-                self.db.executemany(
-                    "INSERT INTO usage (day, model, actor, calls, tokens_in, tokens_out, cost_usd)"
-                    " VALUES (?, ?, ?, 1, ?, ?, ?) ON CONFLICT (day, model, actor) DO UPDATE SET"
-                    " calls = calls + 1, tokens_in = tokens_in + excluded.tokens_in,"
-                    " tokens_out = tokens_out + excluded.tokens_out,"
-                    " cost_usd = cost_usd + excluded.cost_usd", rows)
-                if by_feed:
-                    self.db.executemany(
-                        "INSERT INTO feed_usage (day, feed, actor, items, cost_usd)"
-                        " VALUES (?, ?, ?, ?, ?) ON CONFLICT (day, feed, actor) DO UPDATE SET"
-                        " items = items + excluded.items,"
-                        " cost_usd = cost_usd + excluded.cost_usd",
-                        [(self.day, feed, self.actor, n, usd)
-                         for feed, (n, usd) in by_feed.items()])
-                self._load_spent()
-            self._check_budget()
-            self._check_feeds(by_feed or {})
+            for tally in (self.mine.setdefault(u.model, [0, 0, 0, 0.0]),
+                          self.unwritten.setdefault((self.day, u.model), [0, 0, 0, 0.0])):
+                tally[0] += 1
+                tally[1] += u.tokens_in
+                tally[2] += u.tokens_out
+                tally[3] += usd
+        if not usages:
+            return total
+        for feed, (n, usd) in (by_feed or {}).items():
+            tally = self.unwritten_feeds.setdefault((self.day, feed), [0, 0.0])
+            tally[0] += n
+            tally[1] += usd
+        self._bound_unwritten()
+        if self._blind:
+            written = self._recover()  # when a try is due; it checks every budget
+        else:
+            written = self._write_unwritten()
+            if written:
+                self._check_budget()
+                self._check_feeds(by_feed or {})
+        if not written:  # what this actor knows of today counts it until the file is back
+            for u in usages:
+                self.spent_all[u.model] = self.spent_all.get(u.model, 0.0) + self.cost(u)
+            for feed, (_, usd) in (by_feed or {}).items():
+                self.feed_spent[feed] = self.feed_spent.get(feed, 0.0) + usd
         return total
+
+    def available(self) -> bool:
+        """The spend tables can be read and written, so the budget can be checked. While
+        not, a try (open, write what waits, re-read today) is made when one is due."""
+        self.outage.settle()
+        if self._blind and self.outage.usable():
+            self._recover()
+        return not self._blind
 
     def refresh(self) -> None:
         """Re-reads what every llm instance spent today (they share the file)."""
         self._roll_day()
-        self._load_spent()
-        self._check_budget()
+        if self._blind:
+            self.available()
+            return
+        totals = self._use(self._read_totals)
+        if totals is not _AWAY:
+            self.mine, self.spent_all, self.feed_spent = totals
+            self._check_budget()
 
     def choose_model(self) -> str | None:
-        """The model today's budget allows; None: the keyword classifier."""
+        """The model today's budget allows; None: the keyword classifier (also while the
+        budget cannot be checked)."""
         self._roll_day()
+        if self._blind:
+            return None
         for model in (self.model, self.fallback_model):
             if model and self.spent_all.get(model, 0.0) < self.budgets[model]:
                 return model
         return None
 
     def purge(self) -> int:
+        """Deletes rows older than KEEP_DAYS (nothing while the file is away)."""
+        if self._blind:
+            return 0
         cutoff = utc_day(self.wall() - KEEP_DAYS * 86400.0)
-        with transaction(self.db):
-            n = self.db.execute("DELETE FROM usage WHERE day < ?", (cutoff,)).rowcount
-            self.db.execute("DELETE FROM feed_usage WHERE day < ?", (cutoff,))
-            self.db.execute("DELETE FROM budget_events WHERE day < ?", (cutoff,))
-        return n
+
+        def purge(db: sqlite3.Connection) -> int:
+            with transaction(db):
+                n = db.execute("DELETE FROM usage WHERE day < ?", (cutoff,)).rowcount
+                db.execute("DELETE FROM feed_usage WHERE day < ?", (cutoff,))
+                db.execute("DELETE FROM budget_events WHERE day < ?", (cutoff,))
+            return n
+        removed = self._use(purge)
+        return 0 if removed is _AWAY else removed
 
     def stats(self) -> dict:
         mine = self.mine.values()
@@ -210,9 +272,107 @@ class UsageMonitor:
             "feeds_at_cap": sorted(f for f in {*self.feed_spent, *self.feed_caps}
                                    if self.feed_spent.get(f, 0.0) >= self.feed_cap(f)),
             "model_in_use": self.choose_model() or "keywords",
+            "usage_store": (self.outage.state if self.outage.down
+                            else "unread" if self.stale else "ok"),
+            "usage_unwritten_rows": len(self.unwritten) + len(self.unwritten_feeds),
+            "usage_unwritten_usd": round(sum(t[3] for t in self.unwritten.values()), 6),
+            "usage_unwritten_dropped_rows": self.dropped_rows,
         }
 
     # Internals ---------------------------------------------------------
+
+    @property
+    def _blind(self) -> bool:
+        """Today's totals are not known from the file, or the file is away now."""
+        return self.stale or self.outage.down
+
+    def _use(self, work: Callable[[sqlite3.Connection], object]):
+        """work(connection) with storage faults as StoreUnavailableError; _AWAY when the
+        file is not open, no try is due, or it failed (the outage started or continued):
+        the totals are stale then, until _recover() works."""
+        if self.db is None or not self.outage.usable():
+            self.stale = True
+            return _AWAY
+        try:
+            with faults_as_unavailable(CACHE_FILE):
+                return work(self.db)
+        except StoreUnavailableError as exc:
+            self.stale = True
+            self.outage.failed(exc)
+            return _AWAY
+
+    def _recover(self) -> bool:
+        """One try, when one is due, to get the spend tables back: open the file if it
+        never opened, one write, the spend that waits written and today's totals re-read.
+        Ends the outage; budget events held back meanwhile are sent."""
+        if not self.outage.usable():
+            return False
+        if self.db is None:
+            if self.opener is None:
+                return False
+            try:
+                self.db = self.opener()
+            except StoreUnavailableError as exc:
+                self.stale = True
+                self.outage.failed(exc)
+                return False
+
+        def writable(db: sqlite3.Connection) -> bool:
+            if not self.schema_ready:
+                db.executescript(SCHEMA)
+                self.schema_ready = True
+            probe(db)  # a full disk still reads: only a write says the file is back
+            return True
+        if self._use(writable) is _AWAY or not self._write_unwritten():
+            return False
+        self.stale = False
+        self.outage.ok()
+        self._check_budget()
+        self._check_feeds(self.feed_spent)
+        return True
+
+    def _write_unwritten(self) -> bool:
+        """Writes the spend that waits in memory (if any) and re-reads today's totals, in
+        one transaction; False (the rows still waiting) when the file is away."""
+        rows = [(day, model, self.actor, int(t[0]), int(t[1]), int(t[2]), t[3])
+                for (day, model), t in self.unwritten.items()]
+        feed_rows = [(day, feed, self.actor, int(t[0]), t[1])
+                     for (day, feed), t in self.unwritten_feeds.items()]
+
+        def write(db: sqlite3.Connection) -> tuple:
+            with transaction(db):
+                db.executemany(
+                    "INSERT INTO usage (day, model, actor, calls, tokens_in, tokens_out, cost_usd)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (day, model, actor) DO UPDATE SET"
+                    " calls = calls + excluded.calls,"
+                    " tokens_in = tokens_in + excluded.tokens_in,"
+                    " tokens_out = tokens_out + excluded.tokens_out,"
+                    " cost_usd = cost_usd + excluded.cost_usd", rows)
+                db.executemany(
+                    "INSERT INTO feed_usage (day, feed, actor, items, cost_usd)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (day, feed, actor) DO UPDATE SET"
+                    " items = items + excluded.items,"
+                    " cost_usd = cost_usd + excluded.cost_usd", feed_rows)
+                return self._read_totals(db)
+        totals = self._use(write)
+        if totals is _AWAY:
+            return False
+        self.unwritten.clear()
+        self.unwritten_feeds.clear()
+        self.mine, self.spent_all, self.feed_spent = totals
+        return True
+
+    def _bound_unwritten(self) -> None:
+        """At most MAX_UNWRITTEN_ROWS rows wait: past it, per-feed rows go first, then the
+        oldest day's model rows; each is counted and logged, never dropped silently."""
+        while len(self.unwritten) + len(self.unwritten_feeds) > MAX_UNWRITTEN_ROWS:
+            table = self.unwritten_feeds or self.unwritten
+            key = min(table)
+            tally = table.pop(key)
+            self.dropped_rows += 1
+            log.error("%s unavailable too long: spend of %s on %s ($%.6f) dropped unwritten "
+                      "(over %d rows waited)", CACHE_FILE, key[1], key[0], tally[-1],
+                      MAX_UNWRITTEN_ROWS)
 
     def _roll_day(self) -> None:
         day = utc_day(self.wall())
@@ -220,18 +380,25 @@ class UsageMonitor:
             return
         self.day = day
         self.announced = {seen for seen in self.announced if seen[0] == day}
-        self.mine = {model: [float(c), float(i), float(o), usd] for model, c, i, o, usd in
-                     self.db.execute("SELECT model, calls, tokens_in, tokens_out, cost_usd"
-                                     " FROM usage WHERE day = ? AND actor = ?",
-                                     (day, self.actor))}
-        self._load_spent()
+        self.mine, self.spent_all, self.feed_spent = {}, {}, {}
+        if self._blind:
+            self.stale = True  # read when the file is back
+            return
+        totals = self._use(self._read_totals)
+        if totals is not _AWAY:
+            self.mine, self.spent_all, self.feed_spent = totals
 
-    def _load_spent(self) -> None:
-        self.spent_all = dict(self.db.execute(
-            "SELECT model, SUM(cost_usd) FROM usage WHERE day = ? GROUP BY model", (self.day,)))
-        self.feed_spent = dict(self.db.execute(
-            "SELECT feed, SUM(cost_usd) FROM feed_usage WHERE day = ? GROUP BY feed",
-            (self.day,)))
+    def _read_totals(self, db: sqlite3.Connection) -> tuple[dict, dict, dict]:
+        """Today's spend: this actor's rows by model ([calls, in, out, usd]), and every
+        llm instance's by model and by feed."""
+        mine = {model: [float(c), float(i), float(o), usd] for model, c, i, o, usd in
+                db.execute("SELECT model, calls, tokens_in, tokens_out, cost_usd"
+                           " FROM usage WHERE day = ? AND actor = ?", (self.day, self.actor))}
+        spent_all = dict(db.execute("SELECT model, SUM(cost_usd) FROM usage WHERE day = ?"
+                                    " GROUP BY model", (self.day,)))
+        feed_spent = dict(db.execute("SELECT feed, SUM(cost_usd) FROM feed_usage WHERE day = ?"
+                                     " GROUP BY feed", (self.day,)))
+        return mine, spent_all, feed_spent
 
     def _check_feeds(self, feeds) -> None:
         for feed in feeds:
@@ -269,11 +436,16 @@ class UsageMonitor:
         key = key or event
         if (self.day, key) in self.announced:
             return
+
+        def mark(db: sqlite3.Connection) -> bool:
+            with transaction(db):
+                return db.execute(
+                    "INSERT OR IGNORE INTO budget_events (day, event, at) VALUES (?, ?, ?)",
+                    (self.day, key, self.wall())).rowcount == 1
+        fresh = self._use(mark)
+        if fresh is _AWAY:
+            return  # checked again when the file is back (_recover)
         self.announced.add((self.day, key))
-        with transaction(self.db):
-            fresh = self.db.execute(
-                "INSERT OR IGNORE INTO budget_events (day, event, at) VALUES (?, ?, ?)",
-                (self.day, key, self.wall())).rowcount == 1
         if fresh:
             log.warning("%s", message)
             self.admin(event, message, reason=reason, level=level)
