@@ -1,18 +1,33 @@
-"""catalyst-supervisor: start, demo, status, stop, restart, dead-letters, report, check-config."""
+"""catalyst-supervisor: start, demo, status, stop, restart, dead-letters, report,
+check-config, init, notify-admin."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+import os
+import re
 import sys
 import time
+from pathlib import Path
 
 from actors.errors import ConfigError
 from actors.logsetup import setup_logging
-from catalyst_config import default_config_path, load_config
+from catalyst_config import config_warnings, default_config_path, load_config
 from supervisor.control import MAX_DEAD_LETTERS_LIMIT, ControlError, request
 
 EXIT_USAGE = 2
+log = logging.getLogger("catalyst.cli")
+# init --systemd: the unit's RuntimeDirectory=, StateDirectory= and LogsDirectory=.
+SYSTEMD_PATHS = {"run_dir": "/run/catalyst-supervisor", "data_dir": "/var/lib/catalyst-supervisor",
+                 "log_dir": "/var/log/catalyst-supervisor"}
+SYSTEMD_FILES = ("catalyst-supervisor.service", "catalyst-supervisor-failed.service",
+                 "catalyst-supervisor.sysusers")
+
+
+class InitError(Exception):
+    """init would overwrite a file, or its template is not what it expects."""
 
 
 def _load(args, *, with_secrets: bool = True):
@@ -28,7 +43,9 @@ def cmd_start(args) -> int:
     from supervisor.supervisor import run_supervisor
 
     config = _load(args)
-    setup_logging(config)
+    setup_logging(config, getattr(args, "log_level", None))
+    for path, message in config_warnings(config):
+        log.warning("config %s: %s", path, message)
     return run_supervisor(config, max_cycles=args.cycles)
 
 
@@ -106,8 +123,75 @@ def cmd_report(args) -> int:
 
 def cmd_check_config(args) -> int:
     config = _load(args)
+    for path, message in config_warnings(config):
+        print(f"warning: {path}: {message}", file=sys.stderr)
     print(f"{config.source}: ok ({len(config.enabled_feeds())} feeds enabled, "
           f"llm provider {config.llm.provider})")
+    return 0
+
+
+def _template(name: str) -> str:
+    from importlib.resources import files
+
+    return files("supervisor.templates").joinpath(name).read_text(encoding="utf-8")
+
+
+def systemd_config(text: str) -> str:
+    """The shipped config with run_dir, data_dir and log_dir at the unit's directories, and
+    every other file it writes (sinks, charts) under data_dir: relative paths resolve
+    against the config's own folder, /etc, which the unit keeps read-only."""
+    for key, value in SYSTEMD_PATHS.items():
+        text, found = re.subn(rf"^{key}: *\S+ *", f"{key}: {value}  ", text, count=1,
+                              flags=re.M)
+        if not found:
+            raise InitError(f"the shipped config has no top-level {key} line")
+    return re.sub(r"(\b(?:path|dir): *)var/", rf"\g<1>{SYSTEMD_PATHS['data_dir']}/", text)
+
+
+def _write(path: Path, text: str, mode: int, force: bool) -> None:
+    if path.exists() and not force:
+        raise InitError(f"{path} exists (--force replaces it)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w",
+              encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    print(f"wrote {path}")
+
+
+def cmd_init(args) -> int:
+    """Writes a commented config (and, with --systemd, the env file and unit templates)."""
+    target = Path(args.dir)
+    config = _template("config.yaml")
+    try:
+        if args.systemd:
+            config = systemd_config(config)
+        _write(target / "config.yaml", config, 0o644, args.force)
+        if args.systemd:
+            env = target / "env"
+            if not env.exists():  # secrets the operator may already have put there
+                _write(env, _template("env.example"), 0o600, False)
+            for name in SYSTEMD_FILES:
+                _write(target / "systemd" / name, _template(name), 0o644, args.force)
+    except InitError as exc:
+        print(f"init: {exc}", file=sys.stderr)
+        return 1
+    print(f"next: set sec_user_agent (and feeds, sinks) in {target / 'config.yaml'}, then "
+          f"catalyst-supervisor check-config -c {target / 'config.yaml'}")
+    return 0
+
+
+def cmd_notify_admin(args) -> int:
+    """One admin event through the configured admin sink (the OnFailure= unit uses it)."""
+    from supervisor.admin import AdminNotifier
+
+    config = _load(args)
+    setup_logging(config, getattr(args, "log_level", None))
+    notifier = AdminNotifier(config)
+    notifier.event(args.event, args.actor, args.event, args.message, level=args.level)
+    notifier.close()
     return 0
 
 
@@ -127,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-c", "--config", default=argparse.SUPPRESS,
                         help=f"configuration file (default: {default_config_path()})")
+    common.add_argument("--log-level", default=argparse.SUPPRESS,
+                        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+                        help="overrides log_level in the configuration")
     parser = argparse.ArgumentParser(prog="catalyst-supervisor", parents=[common],
                                      description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_report)
     sub.add_parser("check-config", parents=[common],
                    help="validate the configuration").set_defaults(fn=cmd_check_config)
+    p = sub.add_parser("init", help="write a commented config (and systemd templates)")
+    p.add_argument("dir", nargs="?", default=".", help="where to write (default: .)")
+    p.add_argument("--systemd", action="store_true",
+                   help="paths for the shipped unit (/var/lib, /run, /var/log), plus an env "
+                        "file (0600) and the unit and sysusers.d templates under DIR/systemd")
+    p.add_argument("--force", action="store_true", help="replace files that exist")
+    p.set_defaults(fn=cmd_init)
+    p = sub.add_parser("notify-admin", parents=[common],
+                       help="send one admin event through the configured admin sink")
+    p.add_argument("--event", required=True, help="event name, e.g. service_failed")
+    p.add_argument("--message", required=True, help="what the desk should know")
+    p.add_argument("--actor", default="systemd", help="who reports it (default: systemd)")
+    p.add_argument("--level", default="error", choices=("info", "warning", "error"))
+    p.set_defaults(fn=cmd_notify_admin)
     return parser
 
 
