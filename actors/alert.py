@@ -104,6 +104,7 @@ def alert_record(msg: protocol.Classified, chart: str | None) -> dict:
         "material": a.material, "summary": a.summary, "keywords": a.keywords,
         "provider": a.provider, "published": item.published, "fetched_at": item.fetched_at,
         "alerted_at": time.time(), "attempt": msg.attempt, "chart": chart,
+        "holder": item.holder,  # Schedule 13D/G: who filed (the tickers are the issuer's)
     }
 
 

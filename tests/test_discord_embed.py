@@ -53,6 +53,15 @@ def assert_within_limits(payload: dict, files: set[str] = frozenset()) -> None:
     assert len(payload.get("content", "")) <= CONTENT_MAX
 
 
+def test_a_schedule_13d_alert_names_the_holder_beside_the_issuers_tickers():
+    payload = message_payload(record(form="SCHEDULE 13D", kind="sec", tickers=["ACMB"],
+                                     holder="Vanmeer Asset Management LLC"))
+    assert_within_limits(payload)
+    fields = {f["name"]: f["value"] for f in payload["embeds"][0]["fields"]}
+    assert fields["Tickers"] == "$ACMB" and fields["Holder"] == "Vanmeer Asset Management LLC"
+    assert "Holder" not in {f["name"] for f in message_payload(record())["embeds"][0]["fields"]}
+
+
 def test_alert_embed_carries_title_link_badges_tickers_footer_and_timestamp():
     payload = message_payload(record(form="8-K", tickers=["ACMB", "ACMBW"]), with_chart=True)
     assert_within_limits(payload, {"chart.png"})

@@ -5,6 +5,7 @@ of these failed on the lock-step fetcher this replaced."""
 from __future__ import annotations
 
 import collections
+import json
 import sqlite3
 import threading
 import time
@@ -171,3 +172,27 @@ def test_feed_status_shows_success_error_next_poll_and_breaker(wire, hostile, ru
     assert 0 < up["next_poll_in_s"] <= 5.0 or up["polling"]
     assert down["last_error"] == "HTTP 500" and down["last_success_at"] is None
     assert "breaker" in down and down["counts"]["error"] >= 1
+
+
+def test_a_schedule_13d_listed_twice_alerts_once_with_the_issuers_tickers_and_the_holder(
+        wire, run_supervisor, workdir):
+    from tests.hostile_server import sec_atom
+
+    acc, now = "0001098765-26-000042", time.time()
+    entries = [{"form": "SCHEDULE 13D", "company": "Vanmeer Asset Management LLC",
+                "cik": 1098765, "role": "Filed by", "accession": acc, "updated": now},
+               {"form": "SCHEDULE 13D", "company": "Acme Biosciences Inc", "cik": 1234567,
+                "role": "Subject", "accession": acc, "updated": now}]
+    wire.routes["/13d.atom"] = lambda: (200, {"Content-Type": "application/atom+xml"},
+                                        sec_atom(entries).encode())
+    wire.routes["/tickers.json"] = lambda: (200, {"Content-Type": "application/json"}, json.dumps(
+        {"0": {"cik_str": 1234567, "ticker": "ACMB", "title": "Acme Biosciences"},
+         "1": {"cik_str": 1098765, "ticker": "VNMR", "title": "Vanmeer"}}).encode())
+    feeds = [{"name": "sec-13d", "kind": "sec", "url": wire.base_url + "/13d.atom"}]
+    cfg = base_config(workdir, feeds, poll_interval_s=POLL_S,
+                      fetch={"company_tickers_url": wire.base_url + "/tickers.json"})
+    running = run_supervisor(cfg, "--cycles", "2")
+    assert running.wait_exit(60) == 0, running.log_text()[-3000:]
+    (alert,) = running.alerts()
+    assert alert["key"] == f"sec:{acc}" and alert["form"] == "SCHEDULE 13D"
+    assert alert["tickers"] == ["ACMB"] and alert["holder"] == "Vanmeer Asset Management LLC"

@@ -167,6 +167,8 @@ def alert_embed(record: dict[str, Any], *, with_chart: bool) -> dict[str, Any]:
     fields = []
     if tickers:
         fields.append(_field("Tickers", ticker_list(tickers)))
+    if record.get("holder"):
+        fields.append(_field("Holder", str(record["holder"])))
     fields.append(_field("Score", f"{score:.2f}"))
     fields.append(_field("Sentiment", f"{sentiment:+.2f}"))
     if record.get("published"):
