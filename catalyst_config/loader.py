@@ -120,10 +120,6 @@ def _validate(cfg: Config) -> None:
         if feed.enabled and feed.kind == "sec" and not (cfg.sec_user_agent or "").strip():
             raise ConfigError("sec_user_agent", f"required by EDGAR feed {feed.name!r}: "
                               "SEC fair access asks for a contact User-Agent")
-        if feed.enabled and _is_sec_gov(feed.url) and _placeholder(cfg.sec_user_agent or ""):
-            raise ConfigError("sec_user_agent", f"{cfg.sec_user_agent!r} is a placeholder; "
-                              f"EDGAR feed {feed.name!r} needs your desk's name and a real "
-                              "contact e-mail (SEC fair access)")
     for i, sink in enumerate([*cfg.alerts.sinks, cfg.alerts.admin]):
         where = f"alerts.sinks[{i}]" if i < len(cfg.alerts.sinks) else "alerts.admin"
         if sink.type == "jsonl" and not sink.path:
@@ -204,7 +200,13 @@ def config_warnings(cfg: Config) -> list[tuple[str, str]]:
 
 def check_secrets(cfg: Config) -> None:
     """What only a process that runs the service needs: its secrets, present and usable.
-    status, stop and restart skip this, so they work from a shell without them."""
+    status, stop and restart skip this, so they work from a shell without them (and with
+    the shipped placeholder contact)."""
+    for feed in cfg.enabled_feeds():
+        if _is_sec_gov(feed.url) and _placeholder(cfg.sec_user_agent or ""):
+            raise ConfigError("sec_user_agent", f"{cfg.sec_user_agent!r} is a placeholder; "
+                              f"EDGAR feed {feed.name!r} needs your desk's name and a real "
+                              "contact e-mail (SEC fair access)")
     if cfg.llm.provider == "gemini" and not cfg.secrets.get("GEMINI_API_KEY"):
         raise ConfigError("llm.provider", "gemini needs GEMINI_API_KEY in the environment")
     cfg.alerts.check(cfg.secrets)

@@ -15,9 +15,19 @@ from pathlib import Path
 from actors.errors import ConfigError
 from actors.logsetup import setup_logging
 from catalyst_config import config_warnings, default_config_path, load_config
-from supervisor.control import MAX_DEAD_LETTERS_LIMIT, ControlError, request
+from supervisor.control import MAX_DEAD_LETTERS_LIMIT, ControlError, NotRunningError, request
 
-EXIT_USAGE = 2
+# Exit codes a script can rely on (LSB init-script status codes for `status`).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+STOP_WAIT_S = 120.0  # stop --wait gives up after this (a drain is bounded well under it)
+EPILOG = """exit codes: 0 ok; 1 failed (status: an actor is failed or backing off; start: an
+actor gave up with on_give_up: shutdown); 2 bad usage or configuration (named by its key),
+or another supervisor owns the data_dir; 3 no supervisor is running (status, stop, ...);
+4 start --cycles stopped with items still pending.
+
+environment: CATALYST_CONFIG (default config path), GEMINI_API_KEY, DISCORD_WEBHOOK_URL,
+DISCORD_ADMIN_WEBHOOK_URL (secrets: never in the config file), NOTIFY_SOCKET and
+WATCHDOG_USEC (set by systemd), JOURNAL_STREAM (journald: lines carry their priority)."""
 log = logging.getLogger("catalyst.cli")
 # init --systemd: the unit's RuntimeDirectory=, StateDirectory= and LogsDirectory=.
 SYSTEMD_PATHS = {"run_dir": "/run/catalyst-supervisor", "data_dir": "/var/lib/catalyst-supervisor",
@@ -71,26 +81,61 @@ def _table(status: dict) -> str:
 def cmd_status(args) -> int:
     status = request(_control_config(args), "status")
     print(json.dumps(status, indent=2) if args.json else _table(status))
-    return 0
+    unwell = [a["name"] for a in status["actors"] if a["state"] in ("failed", "backoff")]
+    return EXIT_FAILED if unwell else EXIT_OK
+
+
+def _say(args, text: str, **fields) -> None:
+    print(json.dumps(fields) if getattr(args, "json", False) else text)
+
+
+def supervisor_running(config) -> bool:
+    """Whether a supervisor holds this configuration's data_dir lock (it releases the
+    lock last, once every actor is gone): a shared lock is refused while it does."""
+    import fcntl
+
+    path = config.path(config.data_dir) / "supervisor.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
 
 
 def cmd_stop(args) -> int:
-    request(_control_config(args), "stop")
-    print("stopping")
-    return 0
+    config = _control_config(args)
+    request(config, "stop")
+    if not args.wait:
+        _say(args, "stopping", stopping=True)
+        return EXIT_OK
+    deadline = time.monotonic() + args.timeout
+    while supervisor_running(config):
+        if time.monotonic() >= deadline:
+            print(f"error: the supervisor is still stopping after {args.timeout:g} s",
+                  file=sys.stderr)
+            return EXIT_FAILED
+        time.sleep(0.1)
+    _say(args, "stopped", stopped=True)
+    return EXIT_OK
 
 
 def cmd_restart(args) -> int:
     request(_control_config(args), "restart", {"name": args.name})
-    print(f"restarting {args.name}")
-    return 0
+    _say(args, f"restarting {args.name}", restarting=args.name)
+    return EXIT_OK
 
 
 def cmd_dead_letters(args) -> int:
     config = _control_config(args)
     if args.replay_all or args.replay:
         done = request(config, "dead_letters", {"replay": "all" if args.replay_all else args.replay})
-        print(f"{done['replayed']} dead letters sent again")
+        _say(args, f"{done['replayed']} dead letters sent again", replayed=done["replayed"])
         return 0
     answer = request(config, "dead_letters", {"limit": args.limit})
     if args.json:
@@ -123,10 +168,21 @@ def cmd_report(args) -> int:
 
 def cmd_check_config(args) -> int:
     config = _load(args)
-    for path, message in config_warnings(config):
+    warnings = config_warnings(config)
+    for path, message in warnings:
         print(f"warning: {path}: {message}", file=sys.stderr)
-    print(f"{config.source}: ok ({len(config.enabled_feeds())} feeds enabled, "
-          f"llm provider {config.llm.provider})")
+    _say(args, f"{config.source}: ok ({len(config.enabled_feeds())} feeds enabled, "
+         f"llm provider {config.llm.provider})", ok=True, config=config.source,
+         feeds_enabled=len(config.enabled_feeds()), llm_provider=config.llm.provider,
+         warnings=[{"key": k, "message": m} for k, m in warnings])
+    return 0
+
+
+def cmd_completion(args) -> int:
+    """A shell completion script (shtab), for eval or a completions folder."""
+    import shtab
+
+    print(shtab.complete(build_parser(), shell=args.shell))
     return 0
 
 
@@ -215,35 +271,49 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
                         help="overrides log_level in the configuration")
     parser = argparse.ArgumentParser(prog="catalyst-supervisor", parents=[common],
-                                     description=__doc__)
+                                     description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("start", parents=[common], help="run in the foreground")
-    p.add_argument("--cycles", type=int, default=None, help="stop after N fetch cycles, drained")
+    p.add_argument("--cycles", type=int, default=None,
+                   help="stop after N fetch cycles (every feed polled N times), drained")
     p.set_defaults(fn=cmd_start)
     p = sub.add_parser("demo", parents=[common], help="the whole system, offline")
-    p.add_argument("--cycles", type=int, default=3)
+    p.add_argument("--cycles", type=int, default=3, help="fetch cycles to run (default 3)")
     p.add_argument("--out", default="catalyst-demo", help="where alerts and charts go")
     p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("status", parents=[common], help="actors of the running supervisor")
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("status", parents=[common], help="actors of the running supervisor "
+                       "(exit 0 all running, 1 one failed or backing off, 3 none running)")
+    p.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     p.set_defaults(fn=cmd_status)
-    sub.add_parser("stop", parents=[common], help="graceful stop").set_defaults(fn=cmd_stop)
+    p = sub.add_parser("stop", parents=[common], help="graceful stop: drain, then exit")
+    p.add_argument("--wait", action="store_true",
+                   help="return once the supervisor has exited (so stop --wait && start is safe)")
+    p.add_argument("--timeout", type=float, default=STOP_WAIT_S,
+                   help=f"with --wait: give up after this many seconds, exit 1 "
+                        f"(default {STOP_WAIT_S:g})")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(fn=cmd_stop)
     p = sub.add_parser("restart", parents=[common], help="restart one actor")
-    p.add_argument("name")
+    p.add_argument("name", help="the actor's name, as status shows it (e.g. llm-0)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(fn=cmd_restart)
     p = sub.add_parser("dead-letters", parents=[common],
                        help="items that ran out of attempts; list them or send them again")
     p.add_argument("--limit", type=dead_letters_limit, default=20,
                    help=f"how many to list, newest first (0 to {MAX_DEAD_LETTERS_LIMIT})")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="JSON instead of a listing")
     p.add_argument("--replay", nargs="+", metavar="KEY", help="send these again")
     p.add_argument("--replay-all", action="store_true", help="send every dead letter again")
     p.set_defaults(fn=cmd_dead_letters)
     p = sub.add_parser("report", parents=[common], help="memory and alert report PNG")
     p.add_argument("-o", "--output", default="catalyst-report.png")
     p.set_defaults(fn=cmd_report)
-    sub.add_parser("check-config", parents=[common],
-                   help="validate the configuration").set_defaults(fn=cmd_check_config)
+    p = sub.add_parser("check-config", parents=[common], help="validate the configuration "
+                       "(exit 2 naming the bad key; likely mistakes are warned about)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(fn=cmd_check_config)
     p = sub.add_parser("init", help="write a commented config (and systemd templates)")
     p.add_argument("dir", nargs="?", default=".", help="where to write (default: .)")
     p.add_argument("--systemd", action="store_true",
@@ -258,7 +328,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actor", default="systemd", help="who reports it (default: systemd)")
     p.add_argument("--level", default="error", choices=("info", "warning", "error"))
     p.set_defaults(fn=cmd_notify_admin)
+    p = sub.add_parser("completion", help="print a shell completion script")
+    p.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell to complete in")
+    p.set_defaults(fn=cmd_completion)
     return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("catalyst-supervisor")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,9 +350,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except NotRunningError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_NOT_RUNNING
     except ControlError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

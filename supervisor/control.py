@@ -48,6 +48,10 @@ class ControlError(Exception):
     """The supervisor did not answer, or answered with an error."""
 
 
+class NotRunningError(ControlError):
+    """No supervisor answered: none runs with this configuration (LSB status 3)."""
+
+
 class Deferred:
     """A command's answer comes later, from an actor; the supervisor replies then."""
 
@@ -265,7 +269,7 @@ def request(config, name: str, args: dict | None = None,
         sock.send(protocol.encode(protocol.Request(command=name, args=args or {})))
         reply = protocol.Codec(protocol.Reply).decode(sock.recv())
     except zmq.Again:
-        raise ControlError("no supervisor answered at "
+        raise NotRunningError("no supervisor answered at "
                            f"{config.endpoint('cli')} (is it running?)") from None
     except ProtocolError as exc:
         raise ControlError(f"the supervisor's reply could not be read: {exc}") from None

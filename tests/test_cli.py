@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import yaml
 
-from tests.conftest import ROOT, base_config
+from tests.conftest import ROOT, base_config, wait_for
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -27,7 +30,7 @@ def test_control_commands_work_from_a_shell_without_the_secrets(workdir):
     assert check.returncode == 2
     assert "llm.provider: gemini needs GEMINI_API_KEY" in check.stderr
     status = cli("status", "-c", str(path))  # no supervisor runs: not a config error
-    assert status.returncode == 1 and "no supervisor answered" in status.stderr
+    assert status.returncode == 3 and "no supervisor answered" in status.stderr
 
 
 def test_the_shipped_placeholder_contact_is_refused_until_the_operator_names_one(workdir):
@@ -78,3 +81,42 @@ def test_an_edgar_feed_without_a_user_agent_is_refused(workdir):
         result = cli(command, "-c", str(path))
         assert result.returncode == 2
         assert "sec_user_agent: required by EDGAR feed 'sec-8k'" in result.stderr
+
+
+def test_a_script_can_trust_status_and_stop_wait(run_supervisor, workdir):
+    cfg = base_config(workdir, [], actors={"fetcher": {"instances": 0}},
+                      supervisor={"restart": {"backoff_initial_s": 0.01, "backoff_max_s": 0.05,
+                                              "max_restarts": 1, "period_s": 60}})
+    running = run_supervisor(cfg, extra_kinds=[
+        {"name": "crashy", "class": "tests.fault_actors:CrashingActor",
+         "options": {"after_s": 0.05}}])
+    wait_for(lambda: (a := running.actor("crashy-0")) and a["state"] == "failed", 30,
+             message="crashy given up")
+    status = running.cli("status", "--json")
+    assert status.returncode == 1, status.stderr  # an actor failed: not all well
+    stop = running.cli("stop", "--wait", "--timeout", "60", "--json")
+    assert stop.returncode == 0 and json.loads(stop.stdout) == {"stopped": True}, stop.stderr
+    # --wait returned only once the supervisor was gone: nothing left to race a new start.
+    assert running.proc.poll() is not None or running.wait_exit(5) is not None
+    assert running.descendants() == []
+    assert running.cli("status").returncode == 3
+    assert running.cli("stop", "--wait").returncode == 3  # nothing to stop
+
+
+def test_version_json_check_config_and_completion():
+    version = cli("--version")
+    assert version.returncode == 0 and version.stdout.startswith("catalyst-supervisor ")
+    data = yaml.safe_load((ROOT / "config.yaml").read_text())
+    data["sec_user_agent"] = "Northwind Capital Desk ops@northwind-capital.test"
+    data["feeds"][7]["url"] = data["feeds"][7]["url"].replace("SCHEDULE%2013D", "SC%2013D")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.yaml"
+        path.write_text(yaml.safe_dump(data))
+        check = cli("check-config", "--json", "-c", str(path))
+    assert check.returncode == 0, check.stderr
+    report = json.loads(check.stdout)
+    assert report["ok"] and report["feeds_enabled"] == 9
+    assert report["warnings"][0]["key"] == "feeds[7].url" and "SC 13D" in check.stderr
+    completion = cli("completion", "bash")
+    assert completion.returncode == 0 and "dead-letters" in completion.stdout
+    assert "exit codes:" in cli("--help").stdout
