@@ -45,7 +45,7 @@ from actors import protocol
 from actors.base import Actor
 from actors.charts import ChartMaker
 from actors.errors import SinkError, StoreUnavailableError
-from actors.sinks import Sink, SinkWorker, UnavailableSink, build_sink, sink_name
+from actors.sinks import Route, Sink, SinkWorker, UnavailableSink, build_sink, sink_name
 from actors.sinks.journal import ALREADY, BUSY, UNSURE, AlertJournal
 from actors.storage import StoreOutage
 
@@ -75,10 +75,11 @@ class Pending:
 class Lane:
     """One sink's backlog, delivered in arrival order at the sink's pace."""
 
-    def __init__(self, index: int, sink: Sink, worker: SinkWorker | None):
+    def __init__(self, index: int, sink: Sink, worker: SinkWorker | None, route: Route):
         self.index = index
         self.sink = sink
         self.worker = worker
+        self.route = route
         self.backlog: collections.deque[Pending] = collections.deque()
         self.in_flight: Pending | None = None
         self.disabled: str | None = None
@@ -120,7 +121,7 @@ class AlertActor(Actor):
             except SinkError as exc:  # e.g. its webhook URL is not in the environment
                 sink = UnavailableSink(sink_name(sink_cfg), str(exc))
             worker = SinkWorker(sink, notify=self._wake) if sink.blocking else None
-            self.lanes.append(Lane(i, sink, worker))
+            self.lanes.append(Lane(i, sink, worker, Route(sink_cfg, cfg.alerts.min_score)))
             if isinstance(sink, UnavailableSink):
                 self._disable(self.lanes[-1], SinkError(sink.reason, permanent=True))
         self.journal: AlertJournal | None = None
@@ -224,7 +225,7 @@ class AlertActor(Actor):
         alerts = self.config.alerts
         for _, msg in self.recv_messages(self.inbox, self.codec):
             key = msg.item.key
-            if msg.analysis.score < alerts.min_score:
+            if not any(lane.route.accepts(msg) for lane in self.lanes):  # no sink takes it
                 self.counters["filtered"] += 1
                 self.to_ack["filtered"].append(key)
                 continue
@@ -271,8 +272,9 @@ class AlertActor(Actor):
             self.chart_queue.popleft()
             head.chart_path = self._chart_of(head)
             head.record = alert_record(head.msg, head.chart_path)
-            head.waiting = {lane.index for lane in self.lanes}
-            for lane in self.lanes:
+            routed = [lane for lane in self.lanes if lane.route.accepts(head.msg)]
+            head.waiting = {lane.index for lane in routed}
+            for lane in routed:
                 lane.backlog.append(head)
             if not head.waiting:
                 self._finish(head)

@@ -163,6 +163,12 @@ class SinkConfig:
     retry_initial_s: float = setting(1.0, gt=0)  # 5xx / network errors: backoff, doubling
     retry_max_s: float = setting(60.0, gt=0)
     outage_after_s: float = setting(60.0, gt=0)  # failing this long: a "sink_outage" event
+    # Routing (alert sinks): what this sink takes; unset takes everything.
+    min_score: float | None = setting(None, ge=0, le=1)  # None: alerts.min_score
+    kinds: list[Literal["pr", "sec"]] | None = None
+    forms: list[str] | None = None  # SEC form types; "8-K" takes "8-K/A" too
+    categories: list[str] | None = None  # classifier categories (fda_approval, offering...)
+    tickers: list[str] | None = None  # a watchlist: alerts naming one of these
 
 
 @dataclass(frozen=True)

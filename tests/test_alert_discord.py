@@ -224,3 +224,50 @@ def test_alert_actor_killed_mid_backlog_loses_no_discord_alert(wire, run_supervi
     assert sum(n - 1 for n in titles.values()) <= 1
     assert running.cli("stop").returncode == 0
     assert running.wait_exit(60) == 0
+
+
+def test_two_desks_share_one_service_each_getting_only_its_alerts(wire, run_supervisor, workdir):
+    """An 8-K desk and a biotech desk on two Discord webhooks: each sink's filter (kinds,
+    forms, categories, a watchlist, its own min_score) decides what it gets; the JSONL sink
+    without a filter takes everything above the global min_score."""
+    from tests.hostile_server import sec_atom
+
+    now = time.time()
+    releases = [
+        {"title": "Acme Bio Receives FDA Approval for Zelvantra (NASDAQ: ACMB)",
+         "link": "https://news.example.com/r/1", "ts": now},
+        {"title": "Nerva Health Reports Positive Phase 3 Results for Widget (NASDAQ: NRHV)",
+         "link": "https://news.example.com/r/2", "ts": now},
+        {"title": "Tidewell Signs Supply Contract for Widgets (NASDAQ: TDWL)",
+         "link": "https://news.example.com/r/3", "ts": now}]
+    filings = [{"form": form, "company": f"Filer {i}", "cik": 1000 + i, "role": "Filer",
+                "accession": f"00000010{i:02d}-26-0000{i:02d}", "updated": now}
+               for i, form in enumerate(["8-K", "8-K/A", "424B5"])]
+    wire.routes["/sec.atom"] = lambda: (200, {"Content-Type": "application/atom+xml"},
+                                        sec_atom(filings).encode())
+    wire.routes["/tickers.json"] = lambda: (200, {}, b"{}")
+    with FakeDiscord(limit=50, window_s=1.0) as fake:
+        filings_url, biotech_url = fake.add_webhook("111"), fake.add_webhook("222")
+        feeds = [{"name": "wire", "kind": "pr", "url": wire.serve_feed("/wire.xml", lambda: releases)},
+                 {"name": "sec", "kind": "sec", "url": wire.base_url + "/sec.atom"}]
+        cfg = base_config(workdir, feeds, alerts={
+            "min_score": 0.0,
+            "sinks": [{"type": "jsonl", "path": "alerts.jsonl"},
+                      {"type": "discord", "webhook_url_env": "FILINGS_WEBHOOK",
+                       "kinds": ["sec"], "forms": ["8-K"], "min_score": 0.0},
+                      {"type": "discord", "webhook_url_env": "BIOTECH_WEBHOOK",
+                       "categories": ["fda_approval", "clinical_results"], "min_score": 0.3,
+                       "tickers": ["ACMB", "NRHV", "ZZZZ"]}],
+            "admin": {"type": "jsonl", "path": "admin.jsonl"},
+            "charts": {"enabled": False}},
+            fetch={"company_tickers_url": wire.base_url + "/tickers.json"})
+        running = run_supervisor(cfg, "--cycles", "2", env={"FILINGS_WEBHOOK": filings_url,
+                                                            "BIOTECH_WEBHOOK": biotech_url})
+        assert running.wait_exit(90) == 0, running.log_text()[-3000:]
+        got: dict[str, list[str]] = collections.defaultdict(list)
+        for m in fake.received():
+            got[m.webhook_id].append(m.payload["embeds"][0]["title"])
+    assert len(running.alerts()) == 6  # the unfiltered JSONL sink: all of it
+    assert sorted(got["111"]) == ["8-K - Filer 0 (0000001000) (Filer)",
+                                  "8-K/A - Filer 1 (0000001001) (Filer)"]
+    assert sorted(got["222"]) == sorted(r["title"] for r in releases[:2])

@@ -10,12 +10,13 @@ from typing import TYPE_CHECKING
 from actors.errors import SinkError
 from actors.sinks.base import Sink, SinkWorker, UnavailableSink, sink_name
 from actors.sinks.files import ConsoleSink, JsonlSink
+from actors.sinks.routing import Route
 
 if TYPE_CHECKING:
     from catalyst_config import Config, SinkConfig
 
-__all__ = ["ConsoleSink", "JsonlSink", "Sink", "SinkWorker", "UnavailableSink", "build_sink",
-           "sink_name"]
+__all__ = ["ConsoleSink", "JsonlSink", "Route", "Sink", "SinkWorker", "UnavailableSink",
+           "build_sink", "sink_name"]
 
 
 def build_sink(sink_cfg: SinkConfig, config: Config, *, role: str = "alerts",
