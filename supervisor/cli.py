@@ -70,12 +70,39 @@ def _table(status: dict) -> str:
     cols = ("name", "kind", "pid", "state", "anon_mb", "rss_mb", "max_rss_mb", "restarts",
             "last_restart_reason", "uptime_s", "heartbeat_age_s")
     rows = [[("" if a.get(c) is None else str(a.get(c))) for c in cols] for a in status["actors"]]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    lines = [_columns(cols, rows)]
     sup = status["supervisor"]
     lines.insert(0, f"supervisor pid {sup['pid']}, up {sup['uptime_s']:.0f}s, {sup['state']}")
+    feeds = _feed_rows(status)
+    if feeds:
+        lines += ["", _columns(("feed", "last_success", "next_poll", "items", "breaker",
+                                "last_error"), feeds)]
     return "\n".join(lines)
+
+
+def _feed_rows(status: dict) -> list[list[str]]:
+    """One row per feed, from the fetchers' heartbeat stats: what an operator asks first."""
+    now = time.time()
+    rows = []
+    for actor in status["actors"]:
+        feeds = ((actor.get("stats") or {}).get("feeds") or {}).get("feeds") or {}
+        for name, f in sorted(feeds.items()):
+            success = f.get("last_success_at")
+            next_in = f.get("next_poll_in_s")
+            rows.append([name, f"{now - success:.0f}s ago" if success else "never",
+                         "polling" if f.get("polling") else
+                         (f"in {next_in:.0f}s" if next_in is not None else "-"),
+                         str(f.get("last_items") if f.get("last_items") is not None else "-"),
+                         str((f.get("breaker") or {}).get("state", "-")),
+                         str(f.get("last_error") or "")[:60]])
+    return rows
+
+
+def _columns(cols: tuple[str, ...], rows: list[list[str]]) -> str:
+    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(cols)]
+    out = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in rows]
+    return "\n".join(out)
 
 
 def cmd_status(args) -> int:

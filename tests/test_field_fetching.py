@@ -172,6 +172,10 @@ def test_feed_status_shows_success_error_next_poll_and_breaker(wire, hostile, ru
     assert 0 < up["next_poll_in_s"] <= 5.0 or up["polling"]
     assert down["last_error"] == "HTTP 500" and down["last_success_at"] is None
     assert "breaker" in down and down["counts"]["error"] >= 1
+    table = running.cli("status").stdout  # the same, as the operator's table shows it
+    feed_lines = {line.split()[0]: line for line in table.splitlines()[1:] if line.split()}
+    assert "HTTP 500" in feed_lines["down"] and "never" in feed_lines["down"]
+    assert "ago" in feed_lines["up"] and "closed" in feed_lines["up"]
 
 
 def test_a_schedule_13d_listed_twice_alerts_once_with_the_issuers_tickers_and_the_holder(
