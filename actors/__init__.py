@@ -34,8 +34,22 @@ class Kind:
     holds_ledger: bool = False  # owns the delivery ledger: drained on stop, asked for it
     counts_cycles: bool = False  # told --cycles N; the run ends when all its instances finish
     options: dict[str, Any] = field(default_factory=dict)  # static spawn options
+    # The config paths the kind reads: a reload restarts it when one of them changed (the
+    # fetcher takes feed changes in place: supervisor/reload.py).
+    reads: tuple[str, ...] = ("log_level", "log_format")
+    # The SQLite files in data_dir the kind owns (backup asks an instance to copy them),
+    # and a predicate saying whether a configuration has them at all.
+    files: tuple[str, ...] = ()
+    files_if: Callable[[Any], bool] | None = None
+
+    def files_in(self, config: Config) -> tuple[str, ...]:
+        return self.files if self.files_if is None or self.files_if(config) else ()
     instances: int = 1  # used when the config has no actors.<name> block
     max_rss_mb: float = 400.0  # likewise
+
+
+def _uses_gemini(config: Config) -> bool:
+    return config.llm.provider == "gemini"
 
 
 def _gemini_preload(config: Config) -> tuple[str, ...]:
@@ -45,16 +59,23 @@ def _gemini_preload(config: Config) -> tuple[str, ...]:
 
 # Stop order: fetchers first (no new items), then the drain, then llm, alert, dedupe last
 # (docs/architecture.md, "Supervision").
+_LOGS = ("log_level", "log_format")
 KINDS: tuple[Kind, ...] = (
     Kind("dedupe", "actors.dedupe:DedupeActor", start_rank=0, stop_rank=3,
-         preload=("actors.dedupe",), holds_ledger=True),
+         preload=("actors.dedupe",), holds_ledger=True, files=("seen.db",),
+         reads=("dedupe", "feeds", "fetch.first_poll", *_LOGS)),
     Kind("llm", "actors.llm:LLMActor", start_rank=1, stop_rank=1,
-         preload=("actors.llm", "actors.classification"), preload_if=_gemini_preload),
+         preload=("actors.llm", "actors.classification"), preload_if=_gemini_preload,
+         files=("llm_cache.db",), files_if=_uses_gemini, reads=("llm", *_LOGS)),
     Kind("alert", "actors.alert:AlertActor", start_rank=2, stop_rank=2,
          preload=("matplotlib.figure", "matplotlib.backends.backend_agg", "actors.alert",
-                  "actors.charts.render")),
+                  "actors.charts.render"),
+         files=("alerts.db",),
+         reads=("alerts.sinks", "alerts.min_score", "alerts.charts", "alerts.max_backlog",
+                "alerts.sqlite", "dedupe.ttl_days", *_LOGS)),
     Kind("fetcher", "actors.fetcher:FetcherActor", start_rank=3, stop_rank=0,
-         preload=("requests", "feedparser", "actors.fetcher"), counts_cycles=True),
+         preload=("requests", "feedparser", "actors.fetcher"), counts_cycles=True,
+         reads=("feeds", "poll_interval_s", "sec_user_agent", "fetch", *_LOGS)),
 )
 
 # What every actor imports, loaded once in the fork server so an actor starts in

@@ -44,15 +44,44 @@ import zmq
 from actors import protocol
 from actors.base import Actor
 from actors.charts import ChartMaker
-from actors.errors import SinkError, StoreUnavailableError
+from actors.errors import CommandError, SinkError, StoreUnavailableError
 from actors.sinks import Route, Sink, SinkWorker, UnavailableSink, build_sink, sink_name
 from actors.sinks.journal import ALREADY, BUSY, UNSURE, AlertJournal
 from actors.storage import StoreOutage
+from actors.storage.sqlite import backup_command
 
 log = logging.getLogger("catalyst.alert")
 
 HOUSEKEEPING_S = 3600.0
 TEARDOWN_FLUSH_S = 2.0  # a post under way at stop gets this long to finish and be journaled
+# Upper bounds (seconds) of the fetch-to-alert and publication-to-alert histograms: fixed,
+# so the stats stay the same size however many alerts go out. From tens of milliseconds
+# (rules, a local sink) through a Gemini call (seconds) to Discord's rate limits (minutes).
+LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class LatencyHistogram:
+    """Cumulative counts per upper bound (the last one +Inf), sum and count: what a
+    Prometheus histogram needs, in the actor's stats."""
+
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_S):
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # per bucket, not cumulative; last is +Inf
+        self.sum = 0.0
+
+    def observe(self, seconds: float) -> None:
+        seconds = max(0.0, seconds)  # clocks of two machines (the feed's) may disagree
+        i = next((i for i, b in enumerate(self.bounds) if seconds <= b), len(self.bounds))
+        self.counts[i] += 1
+        self.sum += seconds
+
+    def stats(self) -> dict:
+        cumulative, total = [], 0
+        for n in self.counts:
+            total += n
+            cumulative.append(total)
+        return {"le": list(self.bounds), "cumulative": cumulative, "sum": round(self.sum, 6),
+                "count": total}
 
 
 @dataclass(eq=False)
@@ -143,6 +172,8 @@ class AlertActor(Actor):
         self.chart_queue: collections.deque[Pending] = collections.deque()
         self.to_ack: dict[str, list[str]] = {"delivered": [], "filtered": []}
         self.next_housekeeping = time.monotonic() + 60.0
+        self.fetch_to_alert = LatencyHistogram()
+        self.publication_to_alert = LatencyHistogram()
 
     # The journal and its outages -----------------------------------------------
 
@@ -369,6 +400,17 @@ class AlertActor(Actor):
             return
         self.counters["delivered"] += 1
         self.to_ack["delivered"].append(p.key)
+        self._observe_latency(p)
+
+    def _observe_latency(self, p: Pending) -> None:
+        """How long the delivered alert took from fetch, and from publication when the
+        feed said when, to its alert record (alerted_at, as in the JSONL)."""
+        alerted_at = p.record["alerted_at"] if p.record else time.time()
+        item = p.msg.item
+        if item.fetched_at:
+            self.fetch_to_alert.observe(alerted_at - item.fetched_at)
+        if item.published:
+            self.publication_to_alert.observe(alerted_at - item.published)
 
     def _advance(self, now: float) -> None:
         self._release_charted(now)
@@ -430,12 +472,25 @@ class AlertActor(Actor):
     def stats(self) -> dict:
         out: dict = {"queued": len(self.chart_queue), "pending": len(self.pending),
                      "journal": self.journal_outage.state,
-                     "journal_outages": self.journal_outage.outages}
+                     "journal_outages": self.journal_outage.outages,
+                     "fetch_to_alert_seconds": self.fetch_to_alert.stats(),
+                     "publication_to_alert_seconds": self.publication_to_alert.stats()}
         for lane in self.lanes:
             out[f"{lane.name}.backlog"] = len(lane)
             for k, v in lane.sink.stats().items():
                 out[f"{lane.name}.{k}"] = v
         return out
+
+    def command(self, name: str, args: dict) -> dict:
+        """backup: a consistent copy of alerts.db (the instances share it, so any one
+        answers for all)."""
+        if name != "backup":
+            return super().command(name, args)
+        if self.journal is None:
+            raise CommandError(f"the alert journal is unavailable "
+                               f"({self.journal_outage.error}); nothing to back up until it opens")
+        return {"actor": self.name, **backup_command(
+            args, self.config.path(self.config.data_dir), self.journal.backup)}
 
     def teardown(self) -> None:
         for lane in getattr(self, "lanes", []):

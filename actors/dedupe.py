@@ -31,6 +31,7 @@ from actors.base import RECV_BATCH, Actor
 from actors.errors import CommandError, ProtocolError, StoreUnavailableError
 from actors.seen_store import SqliteSeenStore
 from actors.storage import StoreOutage
+from actors.storage.sqlite import backup_command
 
 log = logging.getLogger("catalyst.dedupe")
 # Memory the key index holds per live key, by design (a 16-byte hash in a set, plus the
@@ -341,6 +342,12 @@ class DedupeActor(Actor):
         super().heartbeat(token)
 
     def command(self, name: str, args: dict) -> dict:
+        if name == "backup":  # read-only: works while the file cannot take writes too
+            if self.store is None:
+                raise CommandError(f"the ledger is unavailable ({self.outage.error}); "
+                                   "nothing to back up until it opens")
+            return {"actor": self.name, **backup_command(
+                args, self.config.path(self.config.data_dir), self.store.backup)}
         if name != "dead_letters":
             return super().command(name, args)
         if self.store is None or self.outage.down:

@@ -11,6 +11,7 @@ while the held backlog is at its bound.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from concurrent.futures import Future
@@ -20,7 +21,9 @@ import zmq
 
 from actors import protocol
 from actors.base import Actor
+from actors.errors import CommandError, ConfigError
 from actors.feeds import FeedFetcher, FeedSchedule, OutageDetector, Staleness
+from catalyst_config import config_from_dict
 
 log = logging.getLogger("catalyst.fetcher")
 
@@ -52,6 +55,7 @@ class FetcherActor(Actor):
         instances = max(1, cfg.actors.fetcher.instances)
         now = time.monotonic()
         self.feeds = {f.name: f for f in cfg.enabled_feeds()[self.spec.index::instances]}
+        self.removed: dict[str, object] = {}  # feeds a reload removed while being polled
         self.fetcher = FeedFetcher(cfg, instance=self.spec.index, instances=instances)
         self.schedule = FeedSchedule(
             {name: f.poll_interval(cfg.poll_interval_s) for name, f in self.feeds.items()},
@@ -106,13 +110,16 @@ class FetcherActor(Actor):
             if future is not None and not future.done():
                 continue
             del self.polls[name]
-            result = self.fetcher.collect(self.feeds[name], future)
+            feed = self.feeds.get(name) or self.removed.pop(name)  # removed by a reload
+            result = self.fetcher.collect(feed, future)
             self.counters["polls"] += 1
             self.counters["fetched"] += len(result.items)
             self.counters["feed_errors"] += result.status == "error"
             # A 304 is a feed saying "nothing new", alive and well: not a sign of an outage.
             self.cycle_items += len(result.items) + (result.status == "not_modified")
             self._queue_claims(result.items, name)
+            if not self.schedule.known(name):
+                continue
             if self.schedule.finished(name, started, not_before=self.fetcher.not_before(name)):
                 self._cycle_done(now)
         self._send_claims(now)
@@ -235,6 +242,36 @@ class FetcherActor(Actor):
 
     def idle(self) -> bool:
         return not self.polls and not self.unconfirmed
+
+    def command(self, name: str, args: dict) -> dict:
+        """reconfigure (from a reload): the feeds, poll interval and contact of a new
+        configuration, taken in place: every feed kept keeps its ETag, breaker and EDGAR
+        backoff, a new one is polled at once, a removed one is no longer polled."""
+        if name != "reconfigure":
+            return super().command(name, args)
+        try:
+            new = config_from_dict({"feeds": args.get("feeds"),
+                                    "poll_interval_s": args.get("poll_interval_s"),
+                                    "sec_user_agent": args.get("sec_user_agent")},
+                                   with_secrets=False)
+        except ConfigError as exc:
+            raise CommandError(f"reconfigure: {exc}") from None
+        cfg = dataclasses.replace(self.config, feeds=new.feeds,
+                                  poll_interval_s=new.poll_interval_s,
+                                  sec_user_agent=new.sec_user_agent)
+        instances = max(1, cfg.actors.fetcher.instances)
+        mine = {f.name: f for f in cfg.enabled_feeds()[self.spec.index::instances]}
+        changed = {n for n, f in mine.items() if n in self.feeds and self.feeds[n].url != f.url}
+        self.removed.update({n: f for n, f in self.feeds.items() if n not in mine and n in self.polls})
+        added, gone = sorted(mine.keys() - self.feeds.keys()), sorted(self.feeds.keys() - mine.keys())
+        self.config, self.feeds = cfg, mine
+        self.fetcher.reconfigure(cfg, changed)
+        self.schedule.update({n: f.poll_interval(cfg.poll_interval_s) for n, f in mine.items()},
+                             time.monotonic())
+        self.staleness.update({n: cfg.fetch.stale_after_s(f) for n, f in mine.items()})
+        log.info("%s: reconfigured: %d feeds (added %s, removed %s, new URL %s)", self.name,
+                 len(mine), added or "none", gone or "none", sorted(changed) or "none")
+        return {"feeds": sorted(mine), "added": added, "removed": gone}
 
     def stats(self) -> dict:
         now = time.monotonic()

@@ -17,6 +17,8 @@ import zmq
 from actors import protocol
 from actors.base import Actor
 from actors.classification import make_classifier
+from actors.errors import CommandError
+from actors.storage.sqlite import backup_command
 
 log = logging.getLogger("catalyst.llm")
 # One cached analysis (item key, content hash, Analysis) in memory: ~0.85 KB measured at
@@ -75,6 +77,18 @@ class LLMActor(Actor):
         # The analysis cache fills to llm.cache_size by design: not a leak.
         stats["expected_memory_bytes"] = int(stats.get("cache_size", 0)) * CACHED_ANALYSIS_BYTES
         return stats
+
+    def command(self, name: str, args: dict) -> dict:
+        """backup: a consistent copy of llm_cache.db, which only a classifier with a file
+        (Gemini) has; the instances share it, so any one answers for all."""
+        if name != "backup":
+            return super().command(name, args)
+        copy = getattr(self.classifier, "backup", None)
+        if copy is None:
+            raise CommandError(f"{self.name}: the {self.config.llm.provider} provider keeps "
+                               "no file to back up")
+        return {"actor": self.name, **backup_command(
+            args, self.config.path(self.config.data_dir), copy)}
 
     def teardown(self) -> None:
         self.classifier.close()

@@ -155,7 +155,7 @@ class Command(Message, tag="cmd", kw_only=True):
     """supervisor -> actor. "report" answers with a heartbeat carrying the token; any
     other command with an Answer carrying it."""
 
-    command: Literal["stop", "report", "dead_letters"]
+    command: Literal["stop", "report", "dead_letters", "reconfigure", "backup"]
     token: int = 0
     args: dict[str, Any] = {}
 

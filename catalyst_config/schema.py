@@ -274,7 +274,9 @@ class SupervisorConfig:
     samples_kept: int = setting(2000, ge=10)  # memory samples kept per actor
     leak: LeakConfig = setting(factory=LeakConfig)
     restart: RestartConfig = setting(factory=RestartConfig)
-    metrics_port: int = setting(9108, ge=0, le=65535)
+    # 19108: Prometheus's port allocations list has 9100-9999 all taken (9108 is
+    # graphite_exporter's) and new exporters counting up from 10001; 19108 is not in it.
+    metrics_port: int = setting(19108, ge=0, le=65535)
     metrics_host: str = "127.0.0.1"
 
 

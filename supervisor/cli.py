@@ -15,10 +15,17 @@ from pathlib import Path
 from actors.errors import ConfigError
 from actors.logsetup import setup_logging
 from catalyst_config import config_warnings, default_config_path, load_config
-from supervisor.control import MAX_DEAD_LETTERS_LIMIT, ControlError, NotRunningError, request
+from supervisor.control import (
+    BACKUP_ANSWER_TIMEOUT_S,
+    MAX_DEAD_LETTERS_LIMIT,
+    ControlError,
+    NotRunningError,
+    request,
+)
 
 # Exit codes a script can rely on (LSB init-script status codes for `status`).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NOT_RUNNING = 0, 1, 2, 3
+BACKUP_REQUEST_TIMEOUT_S = BACKUP_ANSWER_TIMEOUT_S + 2.0  # the supervisor answers first
 STOP_WAIT_S = 120.0  # stop --wait gives up after this (a drain is bounded well under it)
 EPILOG = """exit codes: 0 ok; 1 failed (status: an actor is failed or backing off; start: an
 actor gave up with on_give_up: shutdown); 2 bad usage or configuration (named by its key),
@@ -152,6 +159,13 @@ def cmd_stop(args) -> int:
     return EXIT_OK
 
 
+def cmd_reload(args) -> int:
+    done = request(_control_config(args), "reload")
+    _say(args, f"reloaded: restarted {', '.join(done['restarted']) or 'none'}; reconfigured "
+         f"{', '.join(done['reconfigured']) or 'none'}", **done)
+    return EXIT_OK
+
+
 def cmd_restart(args) -> int:
     request(_control_config(args), "restart", {"name": args.name})
     _say(args, f"restarting {args.name}", restarting=args.name)
@@ -174,6 +188,32 @@ def cmd_dead_letters(args) -> int:
         died = time.strftime("%Y-%m-%d %H:%M:%SZ", time.gmtime(d["died_at"]))
         print(f"  {died}  {d['attempts']} sends  {d['source']}  {d['key']}\n    {d['title'][:100]}")
     return 0
+
+
+def cmd_backup(args) -> int:
+    """Asks the owner of each SQLite file in turn for a copy in DIR (a relative DIR is
+    taken from here); exit 1 when any file was not copied."""
+    config = _control_config(args)
+    directory = os.path.abspath(args.dir)
+    files = request(config, "backup", {"dir": directory})["files"]
+    copied, failed = [], []
+    for name in files:
+        try:
+            copied.append(request(config, "backup", {"dir": directory, "file": name},
+                                  timeout_s=BACKUP_REQUEST_TIMEOUT_S))
+        except NotRunningError:
+            raise
+        except ControlError as exc:
+            failed.append({"file": name, "error": str(exc)})
+    if args.json:
+        print(json.dumps({"dir": directory, "copied": copied, "failed": failed}, indent=2))
+    else:
+        for c in copied:
+            print(f"{c['file']}: {c['bytes']} bytes, {c['pages']} pages -> {c['path']} "
+                  f"(by {c['actor']})")
+        for f in failed:
+            print(f"{f['file']}: not copied: {f['error']}", file=sys.stderr)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def cmd_report(args) -> int:
@@ -322,6 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {STOP_WAIT_S:g})")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(fn=cmd_stop)
+    p = sub.add_parser("reload", parents=[common], help="re-read the configuration (as SIGHUP "
+                       "does): feeds change in place, changed kinds restart; a change that "
+                       "needs a restart or an invalid file is refused, the old one kept")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(fn=cmd_reload)
     p = sub.add_parser("restart", parents=[common], help="restart one actor")
     p.add_argument("name", help="the actor's name, as status shows it (e.g. llm-0)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
@@ -334,6 +379,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--replay", nargs="+", metavar="KEY", help="send these again")
     p.add_argument("--replay-all", action="store_true", help="send every dead letter again")
     p.set_defaults(fn=cmd_dead_letters)
+    p = sub.add_parser("backup", parents=[common],
+                       help="consistent online copies of every SQLite file, each made by the "
+                            "actor that owns it (exit 1 when any file was not copied)")
+    p.add_argument("dir", help="where the copies go (made 0700, files 0600); it must be "
+                               "writable by the service's user")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(fn=cmd_backup)
     p = sub.add_parser("report", parents=[common], help="memory and alert report PNG")
     p.add_argument("-o", "--output", default="catalyst-report.png")
     p.set_defaults(fn=cmd_report)

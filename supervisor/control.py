@@ -55,9 +55,10 @@ class NotRunningError(ControlError):
 class Deferred:
     """A command's answer comes later, from an actor; the supervisor replies then."""
 
-    def __init__(self, token: int, actor: str = ""):
+    def __init__(self, token: int, actor: str = "", timeout_s: float = ANSWER_TIMEOUT_S):
         self.token = token
         self.actor = actor  # who must answer: an Answer from anyone else is dropped
+        self.timeout_s = timeout_s
 
 
 @dataclass
@@ -65,6 +66,7 @@ class _Awaiting:
     envelope: list[bytes]
     deadline: float
     actor: str
+    timeout_s: float = ANSWER_TIMEOUT_S
 
 
 def command(name: str):
@@ -118,6 +120,12 @@ def _restart(sup, args: dict) -> Any:
     return {"restarting": name}
 
 
+@command("reload")
+def _reload(sup, args: dict) -> Any:
+    _accept("reload", args)
+    return sup.reloader.reload()  # CommandError (refused) is the reply's error
+
+
 @command("dead_letters")
 def _dead_letters(sup, args: dict) -> Deferred:
     _accept("dead_letters", args, ("limit", "replay"))
@@ -139,6 +147,41 @@ def _dead_letters(sup, args: dict) -> Deferred:
             raise CommandError(f"dead_letters: limit must be a whole number from 0 to "
                                f"{MAX_DEAD_LETTERS_LIMIT}, got {_shown(limit)}")
     return sup.ask_ledger("dead_letters", args)  # the one owner of the SeenStore
+
+
+MAX_BACKUP_PATH_CHARS = 1024  # as its owners check it (actors/storage/sqlite.py)
+# The owner copies in one step, so the copy is one snapshot; its loop waits meanwhile, so
+# this stays under the default heartbeat_timeout_s (10 s) for files of a few hundred MB.
+BACKUP_ANSWER_TIMEOUT_S = 8.0
+
+
+@command("backup")
+def _backup(sup, args: dict) -> Any:
+    """Without file: the files this configuration keeps, to ask for in turn. With file:
+    relayed to a running owner of it, which copies it into dir (absolute) and answers."""
+    _accept("backup", args, ("dir", "file"))
+    directory = args.get("dir")
+    if not isinstance(directory, str) or not directory.startswith("/") \
+            or len(directory) > MAX_BACKUP_PATH_CHARS or "\x00" in directory:
+        raise CommandError(f"backup: dir must be an absolute path of at most "
+                           f"{MAX_BACKUP_PATH_CHARS} characters, got {_shown(directory)}")
+    # Each file and the kind that owns it (its instances share it: any running one copies
+    # it), in start order, from the kinds table.
+    owners = {f: k.name for k in sup.kinds for f in k.files_in(sup.config)}
+    files = list(owners)
+    if "file" not in args:
+        return {"files": files}
+    name = args["file"]
+    if name not in files:
+        raise CommandError(f"backup: file must be one of {', '.join(files)}, got {_shown(name)}")
+    kind = owners[name]
+    h = next((h for h in sup.handles.values()
+              if h.kind.name == kind and h.state.value == "running"), None)
+    if h is None:
+        raise CommandError(f"backup of {name}: no {kind} actor is running to copy it")
+    token = sup.next_token()
+    sup.send_command(h, "backup", token=token, args={"dir": directory})
+    return Deferred(token, h.name, BACKUP_ANSWER_TIMEOUT_S)
 
 
 @command("history")
@@ -210,8 +253,8 @@ class ControlChannel:
             return
         reply = execute(self.sup, request.command, request.args, self.dropped)
         if isinstance(reply, Deferred):  # an actor answers; answered() replies
-            self.awaiting[reply.token] = _Awaiting(envelope, time.monotonic() + ANSWER_TIMEOUT_S,
-                                                   reply.actor)
+            self.awaiting[reply.token] = _Awaiting(envelope, time.monotonic() + reply.timeout_s,
+                                                   reply.actor, reply.timeout_s)
         else:
             self._reply(envelope, reply)
 
@@ -233,7 +276,7 @@ class ControlChannel:
             if now >= waiting.deadline:
                 del self.awaiting[token]
                 self._reply(waiting.envelope, protocol.Reply(
-                    ok=False, error=f"the actor did not answer within {ANSWER_TIMEOUT_S:.0f} s"))
+                    ok=False, error=f"the actor did not answer within {waiting.timeout_s:.0f} s"))
 
     def deadlines(self) -> list[float]:
         return [waiting.deadline for waiting in self.awaiting.values()]
@@ -252,7 +295,7 @@ class ControlChannel:
             log.info("a reply to the operator could not be sent: %s", exc)
 
 
-RELAYED = frozenset({"dead_letters"})  # commands an actor answers (a Deferred)
+RELAYED = frozenset({"dead_letters", "backup"})  # commands an actor answers (a Deferred)
 
 
 def request(config, name: str, args: dict | None = None,

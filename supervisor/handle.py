@@ -13,7 +13,7 @@ from actors import Kind
 from supervisor.policy import RestartPolicy
 from supervisor.watch import MemoryHistory, MemoryReading
 
-REASONS = ("exit", "hang", "memory", "leak", "manual")
+REASONS = ("exit", "hang", "memory", "leak", "manual", "reload")
 
 
 class ActorState(enum.StrEnum):

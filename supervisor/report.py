@@ -18,7 +18,8 @@ from matplotlib.dates import DateFormatter
 from matplotlib.figure import Figure
 
 REASON_COLOURS = {"exit": "tab:red", "hang": "tab:purple", "memory": "tab:orange",
-                  "leak": "tab:brown", "manual": "tab:gray"}
+                  "leak": "tab:brown", "manual": "tab:gray",
+                  "reload": "tab:olive"}
 
 
 # Which actor kind's count is the truth for each number (dedupe also counts acks).

@@ -28,6 +28,7 @@ from supervisor import control, systemd
 from supervisor.admin import AdminNotifier
 from supervisor.handle import ActorHandle, ActorState, describe_exit
 from supervisor.policy import RestartPolicy
+from supervisor.reload import Reloader
 from supervisor.watch import ProcessSampler, expected_memory_mb
 
 log = logging.getLogger("catalyst.supervisor")
@@ -102,6 +103,8 @@ class Supervisor:
                     policy=RestartPolicy(self.sup.restart), samples_kept=self.sup.samples_kept)
         self.shutting_down = False
         self.stop_requested: str | None = None
+        self.reload_requested = False  # SIGHUP: handled on the loop, not in the handler
+        self.reloader = Reloader(self)
         self.exit_code = EXIT_CLEAN
         self.stopping_kinds: set[str] = set()
         self.token = 0  # for commands whose answer (or report heartbeat) we wait on
@@ -140,6 +143,7 @@ class Supervisor:
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._on_signal)
+        signal.signal(signal.SIGHUP, self._on_hup)  # systemctl reload: re-read the config
         if self.sup.metrics_port:
             from supervisor.metrics import start_metrics
 
@@ -147,6 +151,14 @@ class Supervisor:
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_requested = signal.Signals(signum).name
+
+    def _on_hup(self, _signum, _frame) -> None:
+        self.reload_requested = True
+
+    def replace_admin(self) -> None:
+        """A reload changed the admin sink: events go to the new one from now on."""
+        old, self.admin = self.admin, AdminNotifier(self.config)
+        old.close()
 
     # Spawning and killing ----------------------------------------------------
 
@@ -229,7 +241,9 @@ class Supervisor:
         h.record_restart(reason)
         self.admin.event("restart", h.name, reason, f"{h.name} restarted: {reason} "
                          f"({h.last_exit})", level="warning")
-        decision = h.policy.on_failure(time.monotonic()) if reason != "manual" else None
+        # Restarts an operator asked for (restart, reload) never count toward giving up.
+        decision = h.policy.on_failure(time.monotonic()) \
+            if reason not in ("manual", "reload") else None
         if decision and decision.give_up:
             h.state = ActorState.FAILED
             r = self.sup.restart
@@ -409,6 +423,13 @@ class Supervisor:
             self.notifier.notify("READY=1", f"STATUS=supervising {len(self.handles)} actors")
             while not self.stop_requested:
                 self.pump(min(self._next_timeout(), 1.0))
+                if self.reload_requested:
+                    self.reload_requested = False
+                    try:
+                        self.reloader.reload()
+                    except CommandError:
+                        pass  # logged and raised as an admin event; the old config stays
+                self.reloader.tick()
                 if self.max_cycles is not None and self._cycles_finished():
                     self.stop_requested = f"{self.max_cycles} cycles done"
             log.info("stopping: %s", self.stop_requested)

@@ -395,6 +395,7 @@ def test_a_ledger_from_before_first_polls_were_recorded_counts_its_feeds_as_poll
     store = open_store(path)
     store.claim([wire_item("a")])
     store.db.execute("DROP TABLE feeds_polled")  # as a file from before the table existed
+    store.db.execute("PRAGMA user_version = 0")  # which carried no schema version
     store.close()
     store = open_store(path, feeds=["wire"], mark_seen_first_poll=["wire"])
     assert keys(store.claim([wire_item("b")])) == ["b"]  # what is new is alerted, not hidden

@@ -27,6 +27,7 @@ import msgspec
 from actors.errors import StoreUnavailableError
 from actors.protocol import Analysis, Item
 from actors.storage import StoreOutage, faults_as_unavailable, open_checked, transaction
+from actors.storage.sqlite import Schema
 
 if TYPE_CHECKING:
     from catalyst_config import SqliteConfig
@@ -51,6 +52,20 @@ CREATE TABLE IF NOT EXISTS analyses (
 CREATE INDEX IF NOT EXISTS analyses_filer ON analyses(cik, form) WHERE cik IS NOT NULL;
 CREATE INDEX IF NOT EXISTS analyses_expiry ON analyses(expires);
 """
+# Version 2 added per-feed daily spend (the usage monitor, gemini/usage.py, which owns the
+# rest of its tables and makes them itself).
+FEED_USAGE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS feed_usage (
+    day TEXT NOT NULL,
+    feed TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    items INTEGER NOT NULL DEFAULT 0,
+    cost_usd REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (day, feed, actor)
+) WITHOUT ROWID;
+"""
+# PRAGMA user_version of llm_cache.db (actors/storage/sqlite.py, Schema).
+LLM_SCHEMA = Schema(2, SCHEMA + FEED_USAGE_SCHEMA, {1: FEED_USAGE_SCHEMA})
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Analysis)
@@ -77,7 +92,7 @@ def open_llm_db(path: Path, sqlite_cfg: SqliteConfig, on_corrupt: Callable[[str]
                 ) -> sqlite3.Connection:
     """Opens (or creates) the llm actors' database; a corrupt one is moved aside, and a
     storage fault (disk full, locked...) raises StoreUnavailableError, the file kept."""
-    return open_checked(path, sqlite_cfg, SCHEMA, what="llm cache", on_corrupt=on_corrupt)
+    return open_checked(path, sqlite_cfg, LLM_SCHEMA, what="llm cache", on_corrupt=on_corrupt)
 
 
 class AnalysisCache:

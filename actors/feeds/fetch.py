@@ -167,6 +167,14 @@ class FeedFetcher:
         self._apply(self._state(feed.name), outcome)
         return outcome.result
 
+    def reconfigure(self, cfg: Config, changed_urls: set[str]) -> None:
+        """A reload: the new configuration (sec_user_agent, feeds); a feed whose URL changed
+        starts afresh (its validators and breaker were the old URL's), the others keep theirs."""
+        self.cfg = cfg
+        with self._stats_lock:
+            for name in changed_urls:
+                self._feeds.pop(name, None)
+
     def not_before(self, name: str) -> float:
         """The earliest monotonic time the feed may be polled again: an open breaker's end,
         or what the server asked for in Retry-After."""

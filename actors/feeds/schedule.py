@@ -39,6 +39,22 @@ class FeedSchedule:
     def names(self) -> list[str]:
         return list(self._due)
 
+    def update(self, intervals: dict[str, float], now: float) -> None:
+        """A reload: new feeds are due at once, removed ones forgotten (a poll of one still
+        running ends unscheduled), the others keep their due time under the new interval."""
+        for name in list(self._due):
+            if name not in intervals:
+                del self._due[name]
+                self._polled.discard(name)
+        for name, interval in intervals.items():
+            if name in self._due:
+                self._due[name].interval_s = interval
+            else:
+                self._due[name] = _Due(now, interval)
+
+    def known(self, name: str) -> bool:
+        return name in self._due
+
     def due(self, now: float) -> list[str]:
         """Feeds whose time has come and that are not being fetched, most overdue first."""
         ready = [(d.at, name) for name, d in self._due.items() if not d.in_flight and d.at <= now]

@@ -17,6 +17,12 @@ class Staleness:
         self._last_new: dict[str, float] = {}  # feed -> last time a claim had a new key of it
         self._stale_since: dict[str, float] = {}  # feed -> when feed_stale was raised
 
+    def update(self, spans_s: dict[str, float]) -> None:
+        """A reload: the feeds and spans now configured (a new feed's span starts now)."""
+        self.spans_s = dict(spans_s)
+        for forgotten in [f for f in self._stale_since if f not in spans_s]:
+            del self._stale_since[forgotten]
+
     def saw_new(self, feeds: set[str], now: float) -> None:
         for feed in feeds:
             if feed in self.spans_s:

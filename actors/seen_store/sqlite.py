@@ -36,6 +36,7 @@ import msgspec
 
 from actors.protocol import Item
 from actors.storage import FileLock, faults_as_unavailable, open_checked, probe, transaction
+from actors.storage.sqlite import Schema, backup
 
 if TYPE_CHECKING:
     from catalyst_config import SqliteConfig
@@ -62,13 +63,31 @@ CREATE TABLE IF NOT EXISTS ledger (
 );
 DROP INDEX IF EXISTS ledger_pending;  -- files from before leases moved to memory
 """
-# Feeds that have completed a poll (fetch.first_poll); made in _load, see there.
+# Feeds that have completed a poll (fetch.first_poll): schema version 2.
 FEEDS_SCHEMA = """
 CREATE TABLE IF NOT EXISTS feeds_polled (
     name TEXT PRIMARY KEY,
     first_polled_at REAL NOT NULL
 ) WITHOUT ROWID;
 """
+SCHEMA_VERSION = 2  # PRAGMA user_version of seen.db (actors/storage/sqlite.py, Schema)
+
+
+def schema(feeds: Iterable[str]) -> Schema:
+    """seen.db's schema; feeds: the configured feed names, for the step to version 2."""
+    names = sorted(feeds)
+
+    def add_feeds_polled(db: sqlite3.Connection) -> None:
+        """Version 1 to 2: the feeds_polled table. A ledger from before it has polled its
+        configured feeds already, and its first poll after the upgrade must alert what is
+        new, not mark it seen: those feeds are recorded as polled."""
+        db.execute(FEEDS_SCHEMA.strip())
+        if db.execute("SELECT 1 FROM ledger LIMIT 1").fetchone():
+            db.executemany(
+                "INSERT OR IGNORE INTO feeds_polled (name, first_polled_at) VALUES (?, ?)",
+                [(name, time.time()) for name in names])
+
+    return Schema(SCHEMA_VERSION, SCHEMA + FEEDS_SCHEMA, {1: add_feeds_polled})
 # Named, so a file from before keeps working (its lease_until column is left NULL).
 INSERT = "INSERT INTO ledger (seq, hh, key, state, attempts, seen_at, payload) VALUES (?,?,?,?,?,?,?)"
 
@@ -125,7 +144,7 @@ class SqliteSeenStore:
         self.lock = FileLock(self.path.with_name(self.path.name + ".lock"))
         self.db: sqlite3.Connection | None = None
         try:
-            self.db = open_checked(self.path, sqlite_cfg, SCHEMA, what="SeenStore",
+            self.db = open_checked(self.path, sqlite_cfg, schema(self.feeds), what="SeenStore",
                                    on_corrupt=on_corrupt)
             with self._faults():
                 self.db.execute(f"PRAGMA wal_autocheckpoint={WAL_AUTOCHECKPOINT_PAGES}")
@@ -157,22 +176,12 @@ class SqliteSeenStore:
                 self.retry[seq] = _Lease(hh, attempts, 0.0)
         row = self.db.execute("SELECT max(seq) FROM ledger").fetchone()
         self.next_seq = (row[0] or 0) + 1
-        self.polled_feeds = self._load_feeds()
+        self.polled_feeds = {name for (name,) in self.db.execute("SELECT name FROM feeds_polled")}
 
-    def _load_feeds(self) -> set[str]:
-        """Feeds that have completed a poll. The table is made here, not in SCHEMA: a
-        ledger from before it existed has polled its configured feeds already, and its
-        first poll after the upgrade must alert what is new, not mark it seen."""
-        made = self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' "
-                               "AND name = 'feeds_polled'").fetchone()
-        if not made:
-            with transaction(self.db):
-                self.db.execute(FEEDS_SCHEMA.strip())
-                if self.next_seq > 1:  # not a fresh ledger
-                    self.db.executemany(
-                        "INSERT OR IGNORE INTO feeds_polled (name, first_polled_at) VALUES (?, ?)",
-                        [(name, time.time()) for name in sorted(self.feeds)])
-        return {name for (name,) in self.db.execute("SELECT name FROM feeds_polled")}
+    def backup(self, directory: Path) -> dict:
+        """A consistent copy of the file in directory, made while claims go on
+        (actors/storage/sqlite.py, backup)."""
+        return backup(self.db, self.path.name, directory, what="SeenStore")
 
     # Claiming -----------------------------------------------------------
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 import psutil
 
 from actors.storage import faults_as_unavailable, open_checked, probe, transaction
+from actors.storage.sqlite import Schema, backup
 
 if TYPE_CHECKING:
     from catalyst_config import SqliteConfig
@@ -40,6 +41,8 @@ CREATE TABLE IF NOT EXISTS sent (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS sent_at ON sent(at);
 """
+# PRAGMA user_version of alerts.db: version 1, the schema above, has no migration yet.
+JOURNAL_SCHEMA = Schema(1, SCHEMA)
 
 GO, ALREADY, BUSY, UNSURE = "go", "already", "busy", "unsure"
 
@@ -56,7 +59,7 @@ class AlertJournal:
                  on_corrupt: Callable[[str], None] | None = None):
         self.label = path.name
         self.path = path
-        self.db = open_checked(path, sqlite_cfg, SCHEMA, what="alert journal",
+        self.db = open_checked(path, sqlite_cfg, JOURNAL_SCHEMA, what="alert journal",
                                on_corrupt=on_corrupt)
         self.ttl_s = ttl_s
         self.pid = os.getpid()
@@ -107,6 +110,11 @@ class AlertJournal:
         take writes."""
         with faults_as_unavailable(self.label, self.path):
             probe(self.db)
+
+    def backup(self, directory: Path) -> dict:
+        """A consistent copy of the journal in directory, made while alerts go on
+        (actors/storage/sqlite.py, backup)."""
+        return backup(self.db, self.path.name, directory, what="alert journal")
 
     def close(self) -> None:
         self.db.close()

@@ -16,6 +16,17 @@ because taking one for the other destroys data:
   pending item and the whole seen set.
 
 Files are created 0600 in directories made 0700 (actors/storage/private.py).
+
+Schema versions: each file records its schema's version in PRAGMA user_version (Schema
+below). A fresh file gets the current version; an older one runs its migrations, one
+transaction per step, at open; a file from a newer version of the service is refused
+(SchemaTooNewError, a StoreUnavailableError: the file stays where it is, never moved aside
+as corrupt, and its owner stays up with the store away, as for a locked file, until a
+file it can read is there). A file with no user_version but with tables is version 1,
+the schema of every file before versions were recorded.
+
+Backups (backup()): the owner copies its open file with SQLite's online backup API to a
+temporary name in the backup directory and renames it into place.
 """
 
 from __future__ import annotations
@@ -28,9 +39,10 @@ import os
 import sqlite3
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator, Union
 
-from actors.errors import StoreUnavailableError
+from actors.errors import CommandError, StoreUnavailableError
 from actors.storage.private import private_dir, private_file, tighten
 
 if TYPE_CHECKING:
@@ -61,6 +73,93 @@ DISK_FULL_FREE_BYTES = 1024 * 1024
 # A table every file may get, for the one write that asks "do writes work again?".
 PROBE_SCHEMA = ("CREATE TABLE IF NOT EXISTS storage_probe "
                 "(id INTEGER PRIMARY KEY CHECK (id = 1), at REAL NOT NULL)")
+
+
+# A migration step: SQL run as one script, or a function given the connection, inside the
+# step's transaction (BEGIN IMMEDIATE ... COMMIT, the new user_version with it).
+Step = Union[str, Callable[[sqlite3.Connection], None]]
+LEGACY_VERSION = 1  # a file with tables and no user_version: from before versions
+
+
+class SchemaTooNewError(StoreUnavailableError):
+    """The file was written by a newer version of the service: its schema version is
+    higher than this code knows. Not corruption: the file is left exactly where it is."""
+
+    def __init__(self, message: str):
+        super().__init__(message, "schema_too_new")
+
+    @property
+    def event(self) -> str:
+        return "store_schema_too_new"
+
+
+@dataclass(frozen=True)
+class Schema:
+    """A file's schema: the current version, the script that makes it (idempotent: CREATE
+    ... IF NOT EXISTS, run on every open after the migrations), and the migrations, by the
+    version they start from: migrations[n] takes a file from version n to n + 1."""
+
+    version: int
+    script: str
+    migrations: dict[int, Step] = field(default_factory=dict)
+
+    def __post_init__(self):
+        missing = [n for n in range(LEGACY_VERSION, self.version) if n not in self.migrations]
+        if self.version < LEGACY_VERSION or missing:
+            raise ValueError(f"schema version {self.version} lacks migrations from {missing}")
+
+
+def _user_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _step(db: sqlite3.Connection, step: Step, version: int) -> None:
+    """One step in one transaction, recording version with it."""
+    if isinstance(step, str):
+        # executescript commits what is open first, so the transaction is in the script.
+        try:
+            db.executescript(f"BEGIN IMMEDIATE;\n{step}\n;PRAGMA user_version = {int(version)};"
+                             "\nCOMMIT;")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return
+    with transaction(db):
+        step(db)
+        db.execute(f"PRAGMA user_version = {int(version)}")
+
+
+def refuse_newer(db: sqlite3.Connection, schema: Schema, path: Path, what: str) -> int:
+    """The file's schema version; SchemaTooNewError when it is newer than schema's."""
+    found = _user_version(db)
+    if found > schema.version:
+        raise SchemaTooNewError(
+            f"{what} {path} has schema version {found}, newer than version {schema.version} "
+            "that this version of catalyst-supervisor supports: it was written by a newer "
+            "release. Run that release, or restore a backup made by this one; the file is "
+            "left as it is")
+    return found
+
+
+def migrate(db: sqlite3.Connection, schema: Schema, path: Path, what: str) -> int:
+    """Brings the file to schema.version: creates a fresh one, migrates an older one step by
+    step; refuses a newer one (SchemaTooNewError). Returns the version the file had."""
+    found = refuse_newer(db, schema, path, what)
+    if found == 0:
+        tables = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        if not tables:  # a fresh file: today's schema at once
+            _step(db, schema.script, schema.version)
+            return 0
+        found = LEGACY_VERSION
+    for version in range(found, schema.version):
+        log.info("%s %s: migrating schema from version %d to %d", what, path.name, version,
+                 version + 1)
+        _step(db, schema.migrations[version], version + 1)
+    if _user_version(db) != schema.version:  # a legacy file already at the current one
+        _step(db, "", schema.version)
+    db.executescript(schema.script)
+    return found
 
 
 def _primary_code(exc: BaseException) -> int | None:
@@ -130,10 +229,13 @@ def faults_as_unavailable(what: str, path: Path | None = None) -> Iterator[None]
         raise error from None
 
 
-def connect(path: Path, cfg: SqliteConfig, schema: str) -> sqlite3.Connection:
-    """Opens path in autocommit mode with cfg's pragmas and makes sure schema exists.
+def connect(path: Path, cfg: SqliteConfig, schema: Schema | str, *,
+            what: str = "SQLite file") -> sqlite3.Connection:
+    """Opens path in autocommit mode with cfg's pragmas and makes sure schema exists: a
+    Schema is migrated to its version (migrate()), a plain script just run.
 
-    Raises what SQLite raises; open_checked() tells corruption from storage faults."""
+    Raises what SQLite raises (and SchemaTooNewError); open_checked() tells corruption
+    from storage faults."""
     private_dir(path.parent)
     private_file(path)  # 0600 before SQLite creates it: its -wal and -shm take its mode
     for suffix in ("-wal", "-shm"):
@@ -143,6 +245,8 @@ def connect(path: Path, cfg: SqliteConfig, schema: str) -> sqlite3.Connection:
     db = sqlite3.connect(path, isolation_level=None)
     try:
         db.execute(f"PRAGMA busy_timeout={int(cfg.busy_timeout_ms)}")
+        if isinstance(schema, Schema):  # before any pragma writes to a file not ours to change
+            refuse_newer(db, schema, path, what)
         mode = db.execute(f"PRAGMA journal_mode={cfg.journal_mode}").fetchone()[0]
         if mode.upper() != cfg.journal_mode:
             # SQLite keeps the old mode when it cannot create the -wal: a read-only place.
@@ -153,7 +257,10 @@ def connect(path: Path, cfg: SqliteConfig, schema: str) -> sqlite3.Connection:
         db.execute(f"PRAGMA cache_size={int(cfg.cache_size)}")
         db.execute(f"PRAGMA temp_store={cfg.temp_store}")
         db.execute(f"PRAGMA mmap_size={int(cfg.mmap_size)}")
-        db.executescript(schema)
+        if isinstance(schema, Schema):
+            migrate(db, schema, path, what)
+        else:
+            db.executescript(schema)
     except BaseException:
         db.close()
         raise
@@ -193,7 +300,7 @@ def move_aside(path: Path) -> Path:
     return aside
 
 
-def open_checked(path: Path, cfg: SqliteConfig, schema: str, *, what: str,
+def open_checked(path: Path, cfg: SqliteConfig, schema: Schema | str, *, what: str,
                  on_corrupt: Callable[[str], None] | None = None) -> sqlite3.Connection:
     """connect() and quick_check. A corrupt file is moved aside and started fresh (and
     on_corrupt told); a storage fault raises StoreUnavailableError and leaves the file
@@ -201,7 +308,7 @@ def open_checked(path: Path, cfg: SqliteConfig, schema: str, *, what: str,
     label = f"{what} {path.name}"
     try:
         try:
-            db = connect(path, cfg, schema)
+            db = connect(path, cfg, schema, what=what)
             try:
                 result = db.execute("PRAGMA quick_check").fetchone()[0]
             except BaseException:
@@ -220,7 +327,7 @@ def open_checked(path: Path, cfg: SqliteConfig, schema: str, *, what: str,
         log.error(message)
         if on_corrupt:
             on_corrupt(message)
-        return connect(path, cfg, schema)
+        return connect(path, cfg, schema, what=what)
     except (sqlite3.Error, OSError) as exc:
         error = unavailable(exc, label, path)
         if error is None:
@@ -253,3 +360,87 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
             except sqlite3.Error as exc:
                 log.warning("rollback failed after an error: %s", exc)
         raise
+
+
+# Backups ------------------------------------------------------------------------------
+
+MAX_BACKUP_PATH_CHARS = 1024  # a backup directory's path; PATH_MAX is 4096, file names add
+
+
+def backup_dir(text: object, data_dir: Path | None = None) -> Path:
+    """The backup directory an operator named, or a CommandError-worthy ValueError saying
+    why not: it must be an absolute path of sane length, and not the data_dir itself (the
+    copies would replace the live files)."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"the backup directory must be a path, got {type(text).__name__}")
+    if len(text) > MAX_BACKUP_PATH_CHARS or "\x00" in text:
+        raise ValueError(f"the backup directory must be a path of at most "
+                         f"{MAX_BACKUP_PATH_CHARS} characters without NUL")
+    path = Path(os.path.normpath(text))
+    if not path.is_absolute():
+        raise ValueError(f"the backup directory must be an absolute path, got {text[:80]!r}")
+    if data_dir is not None and path.resolve() == Path(data_dir).resolve():
+        raise ValueError(f"the backup directory {path} is the data_dir: the copies would "
+                         "replace the live files; name another directory")
+    return path
+
+
+def backup(db: sqlite3.Connection, name: str, directory: Path, *, what: str) -> dict:
+    """Copies the open database db to directory/name with SQLite's online backup API, in
+    one step, so the copy is one consistent snapshot (a read transaction, which in WAL
+    mode never blocks writers), written to a temporary name in directory, synced, and
+    renamed into place (an earlier copy is replaced only by a complete one). The
+    directory is made 0700, the copy 0600. Returns {file, path, bytes, pages}; raises
+    StoreUnavailableError for a storage fault of either side (disk full, read-only...)."""
+    directory = Path(directory)
+    final = directory / name
+    tmp = directory / f".{name}.tmp-{os.getpid()}"
+    try:
+        with faults_as_unavailable(f"backup of {what} to {directory}", directory):
+            private_dir(directory)
+            if not directory.is_dir():
+                raise StoreUnavailableError(f"backup of {what}: {directory} is not a "
+                                            "directory", "cant_open")
+            private_file(tmp)
+            dst = sqlite3.connect(tmp, isolation_level=None)
+            try:
+                db.backup(dst, pages=-1)
+                pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
+            finally:
+                dst.close()
+            for suffix in ("-wal", "-shm", "-journal"):  # none should be left; never copied
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(str(tmp) + suffix)
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, final)
+            fd = os.open(directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)  # the rename itself survives a crash
+            finally:
+                os.close(fd)
+            return {"file": name, "path": str(final), "bytes": final.stat().st_size,
+                    "pages": pages}
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def backup_command(args: dict, data_dir: Path, copy: Callable[[Path], dict]) -> dict:
+    """An owner's side of the operator's backup command ({"dir": absolute path}): checks
+    the directory and runs copy(directory); every failure is a CommandError that says why
+    (a bad directory, a full disk, a read-only place...)."""
+    unknown = sorted(str(k)[:80] for k in args if k != "dir")
+    if unknown:
+        raise CommandError(f"backup takes only dir (got {', '.join(unknown)})")
+    try:
+        directory = backup_dir(args.get("dir"), data_dir)
+    except ValueError as exc:
+        raise CommandError(f"backup: {exc}") from None
+    try:
+        return copy(directory)
+    except StoreUnavailableError as exc:
+        raise CommandError(f"backup failed ({exc.reason}): {exc}") from None

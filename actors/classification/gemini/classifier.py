@@ -30,6 +30,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from actors.base import Waker
@@ -45,6 +46,7 @@ from actors.classification.cache import (
 from actors.classification.gemini.api import GeminiAPI, GeminiCaller, Outcome
 from actors.classification.gemini.prompt import looks_like_instructions
 from actors.classification.gemini.rate_limit import RateLimiter
+from actors.storage.sqlite import backup
 from actors.classification.gemini.usage import (
     STORE_AWAY_EFFECT,
     UsageMonitor,
@@ -226,6 +228,11 @@ class GeminiClassifier:
             "breaker_open": int(self.breaker.state != "closed"),
             "in_flight": self.in_flight, "backlog": len(self.backlog),
         }
+
+    def backup(self, directory: Path) -> dict:
+        """A consistent copy of llm_cache.db in directory (actors/storage/sqlite.py,
+        backup); raises StoreUnavailableError while the file cannot be opened."""
+        return backup(self._open_db(), CACHE_FILE, directory, what="llm cache")
 
     def close(self) -> None:
         self.stop.set()  # workers waiting out a backoff give up at once

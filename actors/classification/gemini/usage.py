@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Callable
 
-from actors.classification.cache import CACHE_FILE
+from actors.classification.cache import CACHE_FILE, FEED_USAGE_SCHEMA  # one definition
 from actors.errors import StoreUnavailableError
 from actors.storage import StoreOutage, faults_as_unavailable, probe, transaction
 
@@ -55,14 +55,6 @@ CREATE TABLE IF NOT EXISTS usage (
     tokens_out INTEGER NOT NULL DEFAULT 0,
     cost_usd REAL NOT NULL DEFAULT 0,
     PRIMARY KEY (day, model, actor)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS feed_usage (
-    day TEXT NOT NULL,
-    feed TEXT NOT NULL,
-    actor TEXT NOT NULL,
-    items INTEGER NOT NULL DEFAULT 0,
-    cost_usd REAL NOT NULL DEFAULT 0,
-    PRIMARY KEY (day, feed, actor)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS budget_events (
     day TEXT NOT NULL,
@@ -319,7 +311,7 @@ class UsageMonitor:
 
         def writable(db: sqlite3.Connection) -> bool:
             if not self.schema_ready:
-                db.executescript(SCHEMA)
+                db.executescript(SCHEMA + FEED_USAGE_SCHEMA)
                 self.schema_ready = True
             probe(db)  # a full disk still reads: only a write says the file is back
             return True
