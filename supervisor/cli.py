@@ -229,7 +229,8 @@ def cmd_report(args) -> int:
             print(f"no running supervisor and no saved history at {saved}", file=sys.stderr)
             return 1
         history = json.loads(saved.read_text())
-    print(render_report(history, args.output))
+    written = render_report(history, args.output)
+    _say(args, written, report=str(args.output))
     return 0
 
 
@@ -281,29 +282,30 @@ def _write(path: Path, text: str, mode: int, force: bool) -> None:
         f.write(text)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
-    print(f"wrote {path}")
 
 
 def cmd_init(args) -> int:
     """Writes a commented config (and, with --systemd, the env file and unit templates)."""
     target = Path(args.dir)
     config = _template("config.yaml")
+    files = {target / "config.yaml": (config, 0o644)}
+    if args.systemd:
+        files[target / "config.yaml"] = (systemd_config(config), 0o644)
+        if not (target / "env").exists():  # secrets the operator may already have put there
+            files[target / "env"] = (_template("env.example"), 0o600)
+        for name in SYSTEMD_FILES:
+            files[target / "systemd" / name] = (_template(name), 0o644)
     try:
-        if args.systemd:
-            config = systemd_config(config)
-        _write(target / "config.yaml", config, 0o644, args.force)
-        if args.systemd:
-            env = target / "env"
-            if not env.exists():  # secrets the operator may already have put there
-                _write(env, _template("env.example"), 0o600, False)
-            for name in SYSTEMD_FILES:
-                _write(target / "systemd" / name, _template(name), 0o644, args.force)
+        for path, (text, mode) in files.items():
+            _write(path, text, mode, args.force)
     except InitError as exc:
         print(f"init: {exc}", file=sys.stderr)
-        return 1
-    print(f"next: set sec_user_agent (and feeds, sinks) in {target / 'config.yaml'}, then "
-          f"catalyst-supervisor check-config -c {target / 'config.yaml'}")
-    return 0
+        return EXIT_FAILED
+    wrote = [str(p) for p in files]
+    _say(args, "\n".join(f"wrote {p}" for p in wrote) + "\nnext: set sec_user_agent (and "
+         f"feeds, sinks) in {target / 'config.yaml'}, then catalyst-supervisor check-config "
+         f"-c {target / 'config.yaml'}", wrote=wrote)
+    return EXIT_OK
 
 
 def cmd_notify_admin(args) -> int:
@@ -387,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(fn=cmd_backup)
     p = sub.add_parser("report", parents=[common], help="memory and alert report PNG")
-    p.add_argument("-o", "--output", default="catalyst-report.png")
+    p.add_argument("-o", "--output", default="catalyst-report.png", help="the PNG to write")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(fn=cmd_report)
     p = sub.add_parser("check-config", parents=[common], help="validate the configuration "
                        "(exit 2 naming the bad key; likely mistakes are warned about)")
@@ -399,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="paths for the shipped unit (/var/lib, /run, /var/log), plus an env "
                         "file (0600) and the unit and sysusers.d templates under DIR/systemd")
     p.add_argument("--force", action="store_true", help="replace files that exist")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(fn=cmd_init)
     p = sub.add_parser("notify-admin", parents=[common],
                        help="send one admin event through the configured admin sink")

@@ -117,6 +117,13 @@ def test_version_json_check_config_and_completion():
     report = json.loads(check.stdout)
     assert report["ok"] and report["feeds_enabled"] == 9
     assert report["warnings"][0]["key"] == "feeds[7].url" and "SC 13D" in check.stderr
+    with tempfile.TemporaryDirectory() as tmp:
+        init = cli("init", "--systemd", "--json", tmp)
+        wrote = json.loads(init.stdout)["wrote"]
+        assert init.returncode == 0 and len(wrote) == 5
+        assert oct(os.stat(Path(tmp) / "env").st_mode & 0o777) == "0o600"
+        again = cli("init", tmp)
+        assert again.returncode == 1 and "exists (--force replaces it)" in again.stderr
     completion = cli("completion", "bash")
     assert completion.returncode == 0 and "dead-letters" in completion.stdout
     assert "exit codes:" in cli("--help").stdout
