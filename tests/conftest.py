@@ -270,3 +270,32 @@ def make_fetcher(server, tmp_path):
     yield make
     for fetcher in made:
         fetcher.close()
+
+
+# The fake Gemini and classifiers driven like the llm actor drives them ---------------
+
+
+@pytest.fixture
+def fake():
+    from tests.fake_gemini import FakeGemini
+
+    f = FakeGemini()
+    yield f
+    f.close()
+
+
+@pytest.fixture
+def desks():
+    """open_desk(config) -> a tests.test_gemini.Desk, closed after the test."""
+    from tests.test_gemini import Desk
+
+    opened = []
+
+    def open_desk(config):
+        desk = Desk(config)
+        opened.append(desk)
+        return desk
+
+    yield open_desk
+    for desk in opened:
+        desk.close()

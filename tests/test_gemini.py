@@ -27,13 +27,6 @@ API_KEY = "test-gemini-key-5f3a9c"
 PRICE = {"input_usd_per_mtok": 0.30, "output_usd_per_mtok": 2.50}
 
 
-@pytest.fixture
-def fake():
-    f = FakeGemini()
-    yield f
-    f.close()
-
-
 def gemini_config(data_dir: Path, fake: FakeGemini, **llm):
     settings = {"provider": "gemini", "base_url": fake.base_url, "timeout_s": 2.0,
                 "requests_per_minute": 60000, "retry_backoff_initial_s": 0.01,
@@ -78,20 +71,6 @@ class Desk:
 
     def close(self) -> None:
         self.classifier.close()
-
-
-@pytest.fixture
-def desks():
-    opened: list[Desk] = []
-
-    def open_desk(config) -> Desk:
-        desk = Desk(config)
-        opened.append(desk)
-        return desk
-
-    yield open_desk
-    for desk in opened:
-        desk.close()
 
 
 def news(n: int, prefix: str = "n", start: int = 0) -> list[Item]:

@@ -24,7 +24,6 @@ from actors.classification.cache import CACHE_FILE, open_llm_db
 from actors.classification.gemini import usage as usage_module
 from actors.classification.gemini.usage import Usage, UsageMonitor
 from catalyst_config import SqliteConfig, config_from_dict
-from tests.fake_gemini import FakeGemini
 from tests.test_delivery import assert_each_alerted_once
 from tests.test_gemini import API_KEY, Desk, gemini_config, news
 from tests.test_gemini_pipeline import gemini_config as pipeline_config
@@ -33,27 +32,6 @@ from tests.test_storage_faults import held_exclusively
 from tests.waiting import wait_for
 
 FAST_LOCK = {"busy_timeout_ms": 50}  # a lock is reported in 50 ms, not the default 5 s
-
-
-@pytest.fixture
-def fake():
-    f = FakeGemini()
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def desks():
-    opened: list[Desk] = []
-
-    def open_desk(config) -> Desk:
-        desk = Desk(config)
-        opened.append(desk)
-        return desk
-
-    yield open_desk
-    for desk in opened:
-        desk.close()
 
 
 def providers(answers) -> set[str]:

@@ -14,7 +14,6 @@ import math
 import re
 
 import msgspec
-import pytest
 
 from actors.classification.gemini import prompt as prompt_module
 from actors.classification.gemini.prompt import (
@@ -26,29 +25,8 @@ from actors.classification.gemini.prompt import (
 )
 from actors.classification.gemini.usage import split_cost
 from actors.protocol import Item
-from tests.fake_gemini import FakeGemini, fake_analysis
-from tests.test_gemini import Desk, gemini_config, news
-
-
-@pytest.fixture
-def fake():
-    f = FakeGemini()
-    yield f
-    f.close()
-
-
-@pytest.fixture
-def desks():
-    opened: list[Desk] = []
-
-    def open_desk(config) -> Desk:
-        desk = Desk(config)
-        opened.append(desk)
-        return desk
-
-    yield open_desk
-    for desk in opened:
-        desk.close()
+from tests.fake_gemini import fake_analysis
+from tests.test_gemini import gemini_config, news
 
 
 def pr(key: str, title: str, *, source: str = "wire", summary: str = "",

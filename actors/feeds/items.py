@@ -137,14 +137,19 @@ def build_items(entries: Iterable, *, source: str, kind: str, now: float, freshn
     return batch
 
 
-def _pr_item(entry, raw_summary: str, *, source: str, published: float | None, now: float,
-             include_otc: bool, cik_tickers: Callable[[str], list[str]]) -> tuple[Item, str | None] | None:
+def _texts(entry, raw_summary: str) -> tuple[str, str, str, str]:
+    """(title, summary, raw link, web link) of an entry, clipped to the protocol's limits."""
     title = clip(clean_text(entry.get("title"), MAX_TITLE_CHARS), MAX_TITLE_CHARS,
                  MAX_TITLE_BYTES)
     summary = clip(clean_text(raw_summary, MAX_SUMMARY_CHARS), MAX_SUMMARY_CHARS,
                    MAX_SUMMARY_BYTES)
     raw_link = entry.get("link") or ""
-    link = _web_link(raw_link)
+    return title, summary, raw_link, _web_link(raw_link)
+
+
+def _pr_item(entry, raw_summary: str, *, source: str, published: float | None, now: float,
+             include_otc: bool, cik_tickers: Callable[[str], list[str]]) -> tuple[Item, str | None] | None:
+    title, summary, raw_link, link = _texts(entry, raw_summary)
     key = keys.pr_key(raw_link, entry.get("id"), source)
     if key is None:
         return None
@@ -157,12 +162,7 @@ def _pr_item(entry, raw_summary: str, *, source: str, published: float | None, n
 
 def _sec_item(entry, raw_summary: str, *, source: str, published: float | None, now: float,
               include_otc: bool, cik_tickers: Callable[[str], list[str]]) -> tuple[Item, str | None] | None:
-    title = clip(clean_text(entry.get("title"), MAX_TITLE_CHARS), MAX_TITLE_CHARS,
-                 MAX_TITLE_BYTES)
-    summary = clip(clean_text(raw_summary, MAX_SUMMARY_CHARS), MAX_SUMMARY_CHARS,
-                   MAX_SUMMARY_BYTES)
-    raw_link = entry.get("link") or ""
-    link = _web_link(raw_link)
+    title, summary, raw_link, link = _texts(entry, raw_summary)
     accession = keys.accession_number(entry.get("id"), raw_link, summary)
     if accession is None:
         return None
