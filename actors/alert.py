@@ -53,6 +53,7 @@ from actors.storage.sqlite import backup_command
 log = logging.getLogger("catalyst.alert")
 
 HOUSEKEEPING_S = 3600.0
+HOLD_ACK_KEYS = 5000  # keys per "held" Ack frame
 TEARDOWN_FLUSH_S = 2.0  # a post under way at stop gets this long to finish and be journaled
 # Upper bounds (seconds) of the fetch-to-alert and publication-to-alert histograms: fixed,
 # so the stats stay the same size however many alerts go out. From tens of milliseconds
@@ -172,6 +173,7 @@ class AlertActor(Actor):
         self.chart_queue: collections.deque[Pending] = collections.deque()
         self.to_ack: dict[str, list[str]] = {"delivered": [], "filtered": []}
         self.next_housekeeping = time.monotonic() + 60.0
+        self.next_hold = 0.0  # while the journal is away: when to renew our items' leases
         self.fetch_to_alert = LatencyHistogram()
         self.publication_to_alert = LatencyHistogram()
 
@@ -448,6 +450,7 @@ class AlertActor(Actor):
 
     def tick(self, now: float) -> None:
         self.journal_outage.settle(now)
+        self._hold_leases(now)
         self._advance(now)
         self._forward_sink_events()
         self._flush_acks()
@@ -461,10 +464,30 @@ class AlertActor(Actor):
             if self.charts:
                 self.counters["charts_pruned"] += self.charts.prune()
 
+    def _hold_leases(self, now: float) -> None:
+        """While the journal is away, tell dedupe every lease_s / 3 that the items here are
+        held, not lost: their leases are renewed without a send counted, so a full disk
+        makes no dead letters."""
+        if not self.journal_outage.down and self.journal is not None:
+            self.next_hold = 0.0
+            return
+        if not self.pending or now < self.next_hold:
+            return
+        self.next_hold = now + self.config.dedupe.lease_s / 3
+        keys = list(self.pending)
+        for i in range(0, len(keys), HOLD_ACK_KEYS):
+            try:
+                self.acks.send(protocol.encode(protocol.Ack(keys=keys[i:i + HOLD_ACK_KEYS],
+                                                            outcome="held")), zmq.NOBLOCK)
+            except zmq.Again:
+                return  # dedupe is away; tried again next time
+        self.counters["leases_held"] += len(keys)
+
     def input_paused(self) -> bool:
-        # While the journal is away nothing can be delivered: what comes waits upstream.
-        return (len(self.pending) >= self.config.alerts.max_backlog
-                or self.journal is None or self.journal_outage.down)
+        # While the journal is away nothing is delivered, but items are still taken in (up
+        # to max_backlog) and held, their leases renewed (_hold_leases); the rest waits
+        # upstream, where a resend the llm cannot take is not counted.
+        return len(self.pending) >= self.config.alerts.max_backlog
 
     def idle(self) -> bool:
         return not self.pending and not any(self.to_ack.values())

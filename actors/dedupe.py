@@ -249,6 +249,10 @@ class DedupeActor(Actor):
             if self.acks_held + len(ack.keys) > HELD_ACKS_MAX:
                 self.counters["acks_dropped"] += len(ack.keys)  # they come back: see above
                 continue
+            if ack.outcome == "held":  # renewed now, in memory: nothing to write
+                if self.store is not None:
+                    self.counters["leases_held"] += self.store.hold(ack.keys)
+                continue
             self.acked[ack.outcome].extend(ack.keys)
             self.acks_held += len(ack.keys)
         if self.acks_held >= ACK_FLUSH_MAX:

@@ -103,7 +103,9 @@ class Ack(Message, tag="ack", kw_only=True):
     """alert -> dedupe: these keys are finished."""
 
     keys: Annotated[list[Key], msgspec.Meta(max_length=10000)]
-    outcome: Literal["delivered", "filtered"]
+    # held: not finished, but in the alert actor's hands while its journal is away; the
+    # lease is renewed without counting a send (no dead letter because a disk was full).
+    outcome: Literal["delivered", "filtered", "held"]
 
 
 class Claim(Message, tag="claim", kw_only=True):

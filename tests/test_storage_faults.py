@@ -451,6 +451,33 @@ def test_alerts_wait_while_the_journal_is_locked_and_each_is_delivered_once_afte
     assert aside_files(data) == [] and dead_events(running) == []
 
 
+def test_a_journal_away_longer_than_every_lease_makes_no_dead_letter(
+        wire, run_supervisor, workdir):
+    # lease_s x max_attempts = 3 s; the journal is away for twice that. The alert actor
+    # holds the items and renews their leases ("held" acks), so no send is counted.
+    data = workdir / "data"
+    AlertJournal(data / "alerts.db", sqlite_cfg=SqliteConfig(), ttl_s=60).close()
+    feeds = [{"name": "hl", "kind": "pr",
+              "url": wire.serve_feed("/hl.xml", lambda: make_items("hl", 8))}]
+    cfg = base_config(workdir, feeds, alerts={"sqlite": {"busy_timeout_ms": 100}},
+                      dedupe={"lease_s": 1.0, "max_attempts": 3})
+    with held_exclusively(data / "alerts.db"):
+        running = run_supervisor(cfg)
+        wait_for(lambda: (running.actor("alert-0") or {}).get("stats", {}).get(
+            "leases_held", 0) >= 8, 30, message="the alert actor holding 8 items")
+        # Renewed every lease_s / 3: 15 renewals of each outlast lease_s x max_attempts.
+        wait_for(lambda: (running.actor("dedupe-0") or {}).get("stats", {}).get(
+            "leases_held", 0) >= 8 * 15, 30, message="leases renewed for over 3 s")
+        assert running.alerts() == [] and dead_events(running) == []
+    wait_for(lambda: len(running.alerts()) >= 8, 30, message="8 alerts once the lock is gone")
+    running.cli("stop")
+    assert running.wait_exit(60) == 0
+    assert_each_alerted_once(running.alerts(), 8)
+    assert dead_events(running) == []
+    db = sqlite3.connect(data / "seen.db")
+    assert db.execute("SELECT count(*) FROM ledger WHERE state = 4").fetchone()[0] == 0
+
+
 # The llm cache -------------------------------------------------------------------------
 
 

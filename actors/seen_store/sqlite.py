@@ -303,6 +303,17 @@ class SqliteSeenStore:
             lease.due_at = due_at
             self.leased[seq] = lease
 
+    def hold(self, keys: list[str]) -> int:
+        """The alert side holds these (its journal is away): renew their leases without
+        counting a send. Memory only, like every lease. Returns how many were pending."""
+        due_at = self.clock() + self.lease_s
+        rows = self._pending_seqs(keys)
+        for _, seq in rows:
+            lease = self._unqueue(seq)
+            lease.due_at = due_at
+            self.leased[seq] = lease  # the latest due time: the queue stays in order
+        return len(rows)
+
     def unsent(self, keys: list[str]) -> None:
         """The next stage did not take these (claimed or due): try again soon, and take
         back the send they were counted for. Memory only: the file learns of a resend at
