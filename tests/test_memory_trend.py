@@ -138,7 +138,8 @@ def test_file_backed_memory_is_neither_a_leak_nor_over_the_limit_but_anonymous_i
     assert 'catalyst_actor_anon_bytes{actor="mapper-0"}' in text
     assert 'catalyst_actor_rss_bytes{actor="mapper-0"}' in text
     table = running.cli("status")
-    assert table.returncode == 0 and "anon_mb" in table.stdout.splitlines()[1]
+    # 1 while the hog, restarted again and again, is backing off: status says so.
+    assert table.returncode in (0, 1) and "anon_mb" in table.stdout.splitlines()[1]
 
 
 def test_memory_held_by_design_is_left_out_of_the_leak_trend(run_supervisor, workdir):
