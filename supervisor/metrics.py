@@ -351,12 +351,14 @@ class SupervisorCollector:
                     ("last_new_at", "catalyst_feed_last_new_item_timestamp_seconds",
                      "When the feed last brought a new item (Unix time)"),
                     ("next_poll_in_s", "catalyst_feed_next_poll_seconds",
-                     "Seconds until the feed's next poll"),
+                     "Seconds until the feed's next poll (0 while it is being polled)"),
                     ("last_elapsed_s", "catalyst_feed_last_fetch_duration_seconds",
                      "Duration of the feed's last fetch"),
                     ("last_bytes", "catalyst_feed_last_response_bytes",
                      "Size of the feed's last response")):
                 value = _number(s.get(key))
+                if value is None and key == "next_poll_in_s" and s.get("polling"):
+                    value = 0.0  # under way: no gap in the series while a poll runs
                 if value is not None:
                     out.add(GaugeMetricFamily, name, doc, label, value)
             if isinstance(s.get("stale"), bool):
@@ -367,7 +369,7 @@ class SupervisorCollector:
                     ("items_total", "catalyst_feed_items", "Items the feed gave"),
                     ("stale_total", "catalyst_feed_stale_items", "Items too old to alert"),
                     ("refused_total", "catalyst_feed_refused_responses",
-                     "Responses refused (too large, wrong type)")):
+                     "Entries refused (a link past any sane size)")):
                 value = _number(s.get(key))
                 if value is not None:
                     out.add(CounterMetricFamily, name, doc, label, value)
