@@ -120,6 +120,15 @@ def base_config(workdir: Path, feeds: list[dict], **overrides) -> dict:
     return cfg
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSONL file; only whole lines: a long one may be caught half written."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()
+            if line.strip()]
+
+
 class Running:
     """A `catalyst-supervisor start` process and what it writes."""
 
@@ -166,13 +175,7 @@ class Running:
         return bool(status) and all(a["state"] == "running" for a in status["actors"])
 
     def alerts(self) -> list[dict]:
-        path = self.workdir / "alerts.jsonl"
-        if not path.exists():
-            return []
-        # Only whole lines: a long one may be caught half written.
-        text = path.read_text()
-        return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines()
-                if line.strip()]
+        return read_jsonl(self.workdir / "alerts.jsonl")
 
     def admin_events(self) -> list[dict]:
         path = self.workdir / "admin.jsonl"

@@ -36,13 +36,6 @@ def _version(path) -> int:
         db.close()
 
 
-def _alerts(path) -> list[dict]:
-    if not path.exists():
-        return []
-    text = path.read_text()
-    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line]
-
-
 def test_backup_copies_every_file_while_claims_continue_and_a_restore_alerts_nothing_twice(
         wire, run_supervisor, workdir):
     items = make_items("alpha", 200)

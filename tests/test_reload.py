@@ -12,7 +12,7 @@ import time
 import pytest
 import yaml
 
-from tests.conftest import base_config, wait_for
+from tests.conftest import base_config, read_jsonl, wait_for
 from tests.hostile_server import HostileServer, Response, rss
 from tests.test_pipeline import GrowingFeed, make_items
 
@@ -40,15 +40,6 @@ def counts(records: list[dict]) -> collections.Counter:
     return collections.Counter(r["key"] for r in records)
 
 
-def jsonl(path) -> list[dict]:
-    import json
-
-    if not path.exists():
-        return []
-    text = path.read_text()
-    return [json.loads(line) for line in text[:text.rfind("\n") + 1].splitlines() if line]
-
-
 def test_a_feed_and_a_sink_added_while_items_flow_lose_and_repeat_nothing(
         wire, hostile, run_supervisor, workdir):
     now = time.time()
@@ -70,7 +61,7 @@ def test_a_feed_and_a_sink_added_while_items_flow_lose_and_repeat_nothing(
     running.config_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     reloaded_at = time.monotonic()
     os.kill(running.proc.pid, signal.SIGHUP)
-    wait_for(lambda: {a["link"] for a in jsonl(workdir / "second.jsonl")} >=
+    wait_for(lambda: {a["link"] for a in read_jsonl(workdir / "second.jsonl")} >=
              {i["link"] for i in added}, 60, message="the new feed in the new sink")
     wait_for(lambda: len(running.alerts()) >= 5 + 40 + 6, 60, message="everything alerted")
     status = running.status()
@@ -87,9 +78,9 @@ def test_a_feed_and_a_sink_added_while_items_flow_lose_and_repeat_nothing(
     assert running.wait_exit(60) == 0
     first = counts(running.alerts())
     assert len(first) == 51 and max(first.values()) == 1
-    second = counts(jsonl(workdir / "second.jsonl"))
+    second = counts(read_jsonl(workdir / "second.jsonl"))
     assert max(second.values()) == 1 and {i["link"] for i in added} <= \
-        {a["link"] for a in jsonl(workdir / "second.jsonl")}
+        {a["link"] for a in read_jsonl(workdir / "second.jsonl")}
     assert any(e["event"] == "config_reloaded" for e in running.admin_events())
 
 
