@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-import zmq
 
 from actors import protocol
 from actors.classification.cache import AnalysisCache, open_llm_db
@@ -32,6 +31,7 @@ from catalyst_config import SqliteConfig, load_config
 from tests.conftest import base_config, wait_for
 from tests.test_delivery import assert_each_alerted_once, integrity_ok
 from tests.test_pipeline import make_items
+from tests.test_seen_store import claim_once
 
 FAST_LOCK = SqliteConfig(busy_timeout_ms=50)  # a lock is reported in 50 ms, not 5 s
 
@@ -380,19 +380,9 @@ def held_exclusively(path: Path):
 
 
 def claim_over_dealer(endpoint: str, keys: list[str], req_id: int) -> protocol.Claimed:
-    ctx = zmq.Context.instance()
-    sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.RCVTIMEO, 10_000)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.connect(endpoint)
-    try:
-        sock.send(protocol.encode(protocol.Claim(
-            req_id=req_id, items=[Item(key=k, title=f"Acme {k} Announces FDA Approval",
-                                       link=f"https://x.example/{k}", source="manual",
-                                       kind="pr") for k in keys])))
-        return protocol.Codec(protocol.Claimed).decode(sock.recv())
-    finally:
-        sock.close()
+    return claim_once(endpoint, req_id, [Item(key=k, title=f"Acme {k} Announces FDA Approval",
+                                              link=f"https://x.example/{k}", source="manual",
+                                              kind="pr") for k in keys], [])
 
 
 def test_dedupe_refuses_claims_with_retry_while_another_program_locks_its_ledger(
