@@ -153,11 +153,15 @@ def test_the_units_execstart_runs_under_its_sandbox(tmp_path, wire):
 
 
 def _run_sandboxed(tmp_path, wire, exec_start, venv, user, home, dirs):
-    # A wheel of this checkout (built from a copy, so the tree stays clean).
+    # A wheel of this checkout, built from a copy of what the package is made of (so the
+    # tree stays clean, and a demo's run directory with its sockets is not copied).
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__",
-                                                               "*.egg-info", "build", "var"),
-                    symlinks=True)
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src)
+    for package in ("actors", "supervisor", "catalyst_config"):
+        shutil.copytree(ROOT / package, src / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
                     "-q", "-w", str(tmp_path / "wheel"), str(src)], check=True, timeout=300)
     wheel = next((tmp_path / "wheel").glob("catalyst_supervisor-*.whl"))
