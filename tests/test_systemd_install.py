@@ -166,6 +166,10 @@ def _run_sandboxed(tmp_path, wire, exec_start, venv, user, home, dirs):
                     "-q", "-w", str(tmp_path / "wheel"), str(src)], check=True, timeout=300)
     wheel = next((tmp_path / "wheel").glob("catalyst_supervisor-*.whl"))
     deps = next(p for p in sys.path if p.endswith("site-packages"))
+    closed = [str(d) for d in [Path(deps), *Path(deps).parents] if not os.stat(d).st_mode & 0o001]
+    if closed:  # the service's user must read the test venv's libraries
+        pytest.skip(f"the test venv's libraries are not readable by another user ({closed[0]} "
+                    "is not world-searchable); clone into a directory others may enter")
     # The config a new operator gets from init --systemd, with a contact and a loopback wire.
     feed = [{"title": "Sandbox Corp Announces FDA Approval of Widget (NASDAQ: SBXC)",
              "link": "https://news.example.com/sandbox/1", "published": time.time()}]
