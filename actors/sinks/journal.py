@@ -9,22 +9,28 @@ written after the mark.
 The file is checked at start like every SQLite file (actors/storage/sqlite.py): a corrupt
 one is moved aside, a storage fault (disk full, locked...) raises StoreUnavailableError,
 and so does every method here; the alert actor then holds its alerts until it works again.
+
+open_journal() picks the backend: this file, or, when the deployment shares its state
+through PostgreSQL (dedupe.backend: postgres), the shared journal of journal_postgres.py,
+which alert actors on several hosts use at once (psycopg imported only then).
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Protocol
 
 import psutil
 
+from actors.errors import StoreUnavailableError
 from actors.storage import faults_as_unavailable, open_checked, probe, transaction
 from actors.storage.sqlite import Schema, backup
 
 if TYPE_CHECKING:
-    from catalyst_config import SqliteConfig
+    from catalyst_config import Config, SqliteConfig
 
 SENDING, DONE = 0, 1
 
@@ -45,6 +51,48 @@ CREATE INDEX IF NOT EXISTS sent_at ON sent(at);
 JOURNAL_SCHEMA = Schema(1, SCHEMA)
 
 GO, ALREADY, BUSY, UNSURE = "go", "already", "busy", "unsure"
+
+
+class DeliveryJournal(Protocol):
+    """What the alert actor asks of its journal (AlertJournal, PostgresAlertJournal).
+    Every method raises StoreUnavailableError while the journal cannot be used."""
+
+    def begin(self, key: str, sink: str, mark: int | None) -> tuple[str, int | None]: ...
+    def done(self, key: str, sink: str) -> None: ...
+    def release(self, key: str, sink: str) -> None: ...
+    def purge(self, now: float | None = None) -> int: ...
+    def probe(self) -> None: ...
+    def backup(self, directory: Path) -> dict: ...
+    def close(self) -> None: ...
+
+
+def journal_label(config: Config) -> str:
+    """How events and logs name the configured journal."""
+    if config.dedupe.backend == "postgres":
+        from actors.sinks.journal_postgres import LABEL
+
+        return LABEL
+    return "alerts.db"
+
+
+def open_journal(config: Config, *, name: str,
+                 on_corrupt: Callable[[str], None] | None = None) -> DeliveryJournal:
+    """The configured delivery journal, open: data_dir/alerts.db, or the PostgreSQL one
+    when dedupe.backend is postgres (the one switch for a deployment that shares its state
+    through PostgreSQL). name: the alert actor's, in the shared journal's holder ids.
+    Raises StoreUnavailableError while it cannot be used (the actor tries again)."""
+    ttl_s = config.dedupe.ttl_days * 86400.0
+    if config.dedupe.backend == "postgres":
+        from actors.sinks.journal_postgres import LABEL, PostgresAlertJournal
+
+        pg = config.dedupe.postgres
+        dsn = config.secrets.get(pg.dsn_env)
+        if not dsn:  # the loader refuses this; an actor started without it waits, saying so
+            raise StoreUnavailableError(f"{LABEL}: ${pg.dsn_env} is not set in the "
+                                        "environment", "cant_open")
+        return PostgresAlertJournal(dsn, pg_cfg=pg, ttl_s=ttl_s, name=name)
+    return AlertJournal(config.path(config.data_dir) / "alerts.db",
+                        sqlite_cfg=config.alerts.sqlite, ttl_s=ttl_s, on_corrupt=on_corrupt)
 
 
 def _alive(pid: int, started: float) -> bool:
@@ -100,10 +148,12 @@ class AlertJournal:
             self.db.execute("DELETE FROM sent WHERE key=? AND sink=? AND state=?",
                             (key, sink, SENDING))
 
-    def purge(self) -> int:
+    def purge(self, now: float | None = None) -> int:
+        """Deletes done rows older than the TTL (now: the wall clock, for tests)."""
+        cutoff = (time.time() if now is None else now) - self.ttl_s
         with faults_as_unavailable(self.label, self.path):
             return self.db.execute("DELETE FROM sent WHERE state=? AND at < ?",
-                                   (DONE, time.time() - self.ttl_s)).rowcount
+                                   (DONE, cutoff)).rowcount
 
     def probe(self) -> None:
         """One small committed write: raises StoreUnavailableError while the file cannot
