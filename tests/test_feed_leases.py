@@ -1,0 +1,139 @@
+"""Feed leases: with several hosts sharing one PostgreSQL, each feed is polled by one live
+fetcher at a time, and a dead host's feeds move to another within the lease time.
+
+The pure lease bookkeeping first (actors/feeds/leases.py), then two supervisors on this
+machine standing in for two hosts (each its own run and data directories and host name,
+both on one database): the tests/test_multi_host.py soak does the same across network
+namespaces, over tcp:// with CurveZMQ.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import time
+
+import psutil
+
+from actors import protocol
+from actors.feeds.leases import FeedLeases
+from tests.conftest import base_config, read_jsonl, wait_for
+from tests.test_pipeline import make_items
+
+LEASE_S = 2.0
+
+
+def test_leases_are_renewed_before_they_lapse_and_dropped_when_unanswered():
+    leases = FeedLeases("host-a/fetcher-0", 30.0, now=100.0)
+    ask = leases.request(7, ["b", "a"], now=100.0)
+    assert ask == protocol.FeedLease(req_id=7, holder="host-a/fetcher-0", feeds=["a", "b"],
+                                     ttl_s=30.0)
+    assert leases.request(8, ["a", "b"], now=105.0) is None  # renewed a third in, not before
+    assert leases.answered(protocol.FeedLeased(req_id=7, feeds=["a"])) is True
+    assert leases.held == {"a"} and leases.held_until == 130.0  # counted from the ask
+    assert leases.answered(protocol.FeedLeased(req_id=7, feeds=["a", "b"])) is False  # late
+    again = leases.request(9, ["a", "b"], now=110.0)
+    assert again is not None
+    assert leases.answered(protocol.FeedLeased(req_id=9, error="store unavailable")) is False
+    assert leases.held == {"a"}  # a refusal takes nothing away...
+    assert leases.lapse(now=129.9) is False
+    assert leases.lapse(now=130.0) is True and leases.held == set()  # ...but time does
+    assert leases.lapses == 1
+    leases.held = {"a", "c"}
+    release = leases.release(10)
+    assert release.release and release.feeds == ["a", "c"] and leases.held == set()
+
+
+def host_config(workdir, name: str, feeds: list[dict]) -> dict:
+    cfg = base_config(workdir, feeds, dedupe={"backend": "postgres", "lease_s": 3.0,
+                                              "postgres": {"due_poll_s": 0.2}},
+                      fetch={"connect_timeout_s": 2, "read_timeout_s": 3, "first_poll": "alert",
+                             "feed_lease_s": LEASE_S},
+                      host={"name": name})
+    cfg.update(run_dir=f"{name}/run", data_dir=f"{name}/data", log_dir=f"{name}/log")
+    cfg["alerts"]["sinks"] = [{"type": "jsonl", "path": f"{name}/alerts.jsonl"}]
+    cfg["alerts"]["admin"] = {"type": "jsonl", "path": f"{name}/admin.jsonl"}
+    return cfg
+
+
+def leased(running) -> set[str]:
+    """The feeds this host's fetcher holds now (from its status)."""
+    status = running.actor("fetcher-0") or {}
+    feeds = (status.get("stats") or {}).get("feeds", {}).get("feeds", {})
+    return {name for name, f in feeds.items() if f.get("leased_here")}
+
+
+def kill_host(running) -> None:
+    """The whole host dies at once: its supervisor and every actor, SIGKILL."""
+    procs = [psutil.Process(running.proc.pid), *running.descendants()]
+    for p in procs:
+        try:
+            os.kill(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    running.proc.wait(30)
+
+
+def test_two_hosts_poll_each_feed_once_and_a_dead_hosts_feeds_move_within_the_lease(
+        wire, run_supervisor, workdir, pg_dsn):
+    published = {f"f{i}": make_items(f"lease{i}", 3) for i in range(6)}
+    feeds = [{"name": name, "kind": "pr",
+              "url": wire.serve_feed(f"/{name}.xml", lambda n=name: list(published[n]))}
+             for name in published]
+    env = {"CATALYST_PG_DSN": pg_dsn}
+    a = run_supervisor(host_config(workdir, "host-a", feeds), env=env)
+    wait_for(lambda: len(leased(a)) == 6, 30, message="host a holding every feed")
+    b = run_supervisor(host_config(workdir, "host-b", feeds), env=env)
+    wait_for(lambda: b.all_running(), 30, message="host b running")
+    # b asks for every feed every LEASE_S / 3 and gets none: a renews them in time.
+    deadline = time.monotonic() + 3 * LEASE_S
+    while time.monotonic() < deadline:  # deliberately watched for three lease times
+        assert leased(b) == set() and len(leased(a)) == 6
+        time.sleep(0.2)
+
+    kill_host(a)
+    killed_at = time.monotonic()
+    for name in published:  # news while a is dead: b must catch it
+        published[name].extend(make_items(f"lease{name[1:]}", 2, start=3))
+    wait_for(lambda: len(leased(b)) == 6, 5 * LEASE_S, interval=0.1,
+             message="host b taking the dead host's feeds")
+    moved_s = time.monotonic() - killed_at
+    # A lease runs from when a asked; b asks every LEASE_S / 3: within about 1.4 leases.
+    assert moved_s <= LEASE_S * 1.5 + 1.0, f"feeds moved after {moved_s:.1f} s"
+    keys = {it["link"] for items in published.values() for it in items}
+
+    def alerted() -> collections.Counter:
+        return collections.Counter(
+            r["key"] for host in ("host-a", "host-b")
+            for r in read_jsonl(workdir / host / "alerts.jsonl"))
+
+    wait_for(lambda: len(alerted()) == len(keys), 60, message="every item alerted")
+    b.cli("stop")
+    assert b.wait_exit(60) == 0
+    counts = alerted()
+    assert len(counts) == 30 and max(counts.values()) == 1, counts.most_common(3)
+    print(f"feeds moved to host b {moved_s:.2f} s after host a died (lease {LEASE_S} s)")
+
+
+def test_a_clean_stop_hands_the_feeds_over_at_once(wire, run_supervisor, workdir, pg_dsn):
+    feeds = [{"name": f"g{i}", "kind": "pr",
+              "url": wire.serve_feed(f"/g{i}.xml", lambda i=i: make_items(f"hand{i}", 2))}
+             for i in range(3)]
+    env = {"CATALYST_PG_DSN": pg_dsn}
+    lease_s = 30.0  # long: only the release can move the feeds within the wait below
+    cfg_a, cfg_b = (host_config(workdir, h, feeds) for h in ("host-a", "host-b"))
+    for cfg in (cfg_a, cfg_b):
+        cfg["fetch"]["feed_lease_s"] = lease_s
+    a = run_supervisor(cfg_a, env=env)
+    wait_for(lambda: len(leased(a)) == 3, 30, message="host a holding every feed")
+    b = run_supervisor(cfg_b, env=env)
+    wait_for(lambda: b.all_running(), 30, message="host b running")
+    a.cli("stop")
+    stopped = time.monotonic()
+    wait_for(lambda: len(leased(b)) == 3, lease_s / 2, interval=0.1,
+             message="host b holding the feeds a released")
+    assert time.monotonic() - stopped < lease_s / 2
+    assert a.wait_exit(60) == 0
+    b.cli("stop")
+    assert b.wait_exit(60) == 0
