@@ -33,6 +33,9 @@ class Kind:
     preload_if: Callable[[Config], tuple[str, ...]] | None = None  # more, by configuration
     holds_ledger: bool = False  # owns the delivery ledger: drained on stop, asked for it
     counts_cycles: bool = False  # told --cycles N; the run ends when all its instances finish
+    # Told the whole set of paused feeds ("pause_feeds") when an operator pauses or resumes
+    # one; it reads the persisted set at start (catalyst_config/pauses.py).
+    follows_feed_pauses: bool = False
     options: dict[str, Any] = field(default_factory=dict)  # static spawn options
     # The config paths the kind reads: a reload restarts it when one of them changed (the
     # fetcher takes feed changes in place: supervisor/reload.py).
@@ -52,6 +55,12 @@ def _uses_gemini(config: Config) -> bool:
     return config.llm.provider == "gemini"
 
 
+def _local_state(config: Config) -> bool:
+    """The ledger and the delivery journal are SQLite files here, not in PostgreSQL (whose
+    copies are pg_dump's job)."""
+    return config.dedupe.backend != "postgres"
+
+
 def _gemini_preload(config: Config) -> tuple[str, ...]:
     return ("google.genai", "actors.classification.gemini") \
         if config.llm.provider == "gemini" else ()
@@ -63,6 +72,7 @@ _LOGS = ("log_level", "log_format")
 KINDS: tuple[Kind, ...] = (
     Kind("dedupe", "actors.dedupe:DedupeActor", start_rank=0, stop_rank=3,
          preload=("actors.dedupe",), holds_ledger=True, files=("seen.db",),
+         files_if=_local_state,
          reads=("dedupe", "feeds", "fetch.first_poll", *_LOGS)),
     Kind("llm", "actors.llm:LLMActor", start_rank=1, stop_rank=1,
          preload=("actors.llm", "actors.classification"), preload_if=_gemini_preload,
@@ -70,11 +80,13 @@ KINDS: tuple[Kind, ...] = (
     Kind("alert", "actors.alert:AlertActor", start_rank=2, stop_rank=2,
          preload=("matplotlib.figure", "matplotlib.backends.backend_agg", "actors.alert",
                   "actors.charts.render"),
-         files=("alerts.db",),
+         files=("alerts.db",), files_if=_local_state,
          reads=("alerts.sinks", "alerts.min_score", "alerts.charts", "alerts.max_backlog",
-                "alerts.sqlite", "dedupe.ttl_days", *_LOGS)),
+                "alerts.sqlite", "dedupe.ttl_days", "dedupe.backend", "dedupe.postgres",
+                *_LOGS)),
     Kind("fetcher", "actors.fetcher:FetcherActor", start_rank=3, stop_rank=0,
          preload=("requests", "feedparser", "actors.fetcher"), counts_cycles=True,
+         follows_feed_pauses=True,
          reads=("feeds", "poll_interval_s", "sec_user_agent", "fetch", *_LOGS)),
 )
 

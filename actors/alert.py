@@ -46,7 +46,14 @@ from actors.base import Actor
 from actors.charts import ChartMaker
 from actors.errors import CommandError, SinkError, StoreUnavailableError
 from actors.sinks import Route, Sink, SinkWorker, UnavailableSink, build_sink, sink_name
-from actors.sinks.journal import ALREADY, BUSY, UNSURE, AlertJournal
+from actors.sinks.journal import (
+    ALREADY,
+    BUSY,
+    UNSURE,
+    DeliveryJournal,
+    journal_label,
+    open_journal,
+)
 from actors.storage import StoreOutage
 from actors.storage.sqlite import backup_command
 
@@ -58,6 +65,11 @@ TEARDOWN_FLUSH_S = 2.0  # a post under way at stop gets this long to finish and 
 # Upper bounds (seconds) of the fetch-to-alert and publication-to-alert histograms: fixed,
 # so the stats stay the same size however many alerts go out. From tens of milliseconds
 # (rules, a local sink) through a Gemini call (seconds) to Discord's rate limits (minutes).
+# The newest delivered alerts in the heartbeat (the console shows them): a few hundred
+# bytes each, so a heartbeat stays small.
+RECENT_ALERTS = 10
+RECENT_TITLE_CHARS = 200
+RECENT_LINK_CHARS = 500
 LATENCY_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 
 
@@ -154,9 +166,9 @@ class AlertActor(Actor):
             self.lanes.append(Lane(i, sink, worker, Route(sink_cfg, cfg.alerts.min_score)))
             if isinstance(sink, UnavailableSink):
                 self._disable(self.lanes[-1], SinkError(sink.reason, permanent=True))
-        self.journal: AlertJournal | None = None
+        self.journal: DeliveryJournal | None = None
         self.journal_outage = StoreOutage(
-            "alerts.db", notify=self.admin,
+            journal_label(cfg), notify=self.admin,
             effect="alerts are held (not delivered, not acked) and input pauses")
         self._open_journal(time.monotonic())  # one that is away is tried again later
         charts = cfg.alerts.charts
@@ -166,7 +178,7 @@ class AlertActor(Actor):
                        f"{charts.provider}; alerts go without charts", reason=charts.provider)
         self.inbox = self.socket(zmq.PULL,
                                  bind=cfg.instance_endpoint("alert_in", self.spec.index))
-        self.acks = self.socket(zmq.PUSH, connect=cfg.endpoint("dedupe_acks"))
+        self.acks = self.socket(zmq.PUSH, connect=cfg.targets("dedupe_acks"))
         self.add_reader(self.inbox, self._on_items)
         self.codec = protocol.Codec(protocol.Classified)
         self.pending: dict[str, Pending] = {}
@@ -174,6 +186,8 @@ class AlertActor(Actor):
         self.to_ack: dict[str, list[str]] = {"delivered": [], "filtered": []}
         self.next_housekeeping = time.monotonic() + 60.0
         self.next_hold = 0.0  # while the journal is away: when to renew our items' leases
+        # The last alerts delivered, small and bounded, for the operator console's page.
+        self.recent: collections.deque[dict] = collections.deque(maxlen=RECENT_ALERTS)
         self.fetch_to_alert = LatencyHistogram()
         self.publication_to_alert = LatencyHistogram()
 
@@ -181,10 +195,9 @@ class AlertActor(Actor):
 
     def _open_journal(self, now: float) -> bool:
         cfg = self.config
-        try:
-            self.journal = AlertJournal(
-                cfg.path(cfg.data_dir) / "alerts.db", sqlite_cfg=cfg.alerts.sqlite,
-                ttl_s=cfg.dedupe.ttl_days * 86400.0,
+        try:  # alerts.db, or the shared PostgreSQL journal (dedupe.backend: postgres)
+            self.journal = open_journal(
+                cfg, name=self.name,
                 on_corrupt=lambda msg: self.admin("store_corrupt", msg, reason="corrupt",
                                                   level="error"))
         except StoreUnavailableError as exc:
@@ -403,6 +416,16 @@ class AlertActor(Actor):
         self.counters["delivered"] += 1
         self.to_ack["delivered"].append(p.key)
         self._observe_latency(p)
+        self._remember(p)
+
+    def _remember(self, p: Pending) -> None:
+        r = p.record or {}
+        item = p.msg.item
+        self.recent.append({
+            "title": item.title[:RECENT_TITLE_CHARS], "link": item.link[:RECENT_LINK_CHARS],
+            "source": item.source, "form": item.form, "tickers": list(r.get("tickers") or [])[:8],
+            "category": r.get("category"), "score": r.get("score"),
+            "alerted_at": r.get("alerted_at", time.time())})
 
     def _observe_latency(self, p: Pending) -> None:
         """How long the delivered alert took from fetch, and from publication when the
@@ -498,10 +521,13 @@ class AlertActor(Actor):
                      "journal_outages": self.journal_outage.outages,
                      "fetch_to_alert_seconds": self.fetch_to_alert.stats(),
                      "publication_to_alert_seconds": self.publication_to_alert.stats()}
+        out["recent_alerts"] = list(self.recent)
         for lane in self.lanes:
             out[f"{lane.name}.backlog"] = len(lane)
             for k, v in lane.sink.stats().items():
                 out[f"{lane.name}.{k}"] = v
+            if lane.disabled:  # any sink, not only those that say so in their own stats
+                out[f"{lane.name}.disabled"] = 1
         return out
 
     def command(self, name: str, args: dict) -> dict:

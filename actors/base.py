@@ -21,6 +21,8 @@ import zmq
 from actors import protocol
 from actors.errors import CommandError, ProtocolError, StoreLockedError
 from actors.logsetup import setup_logging
+from actors.resilience import SilenceWatch
+from actors.transport import Transport
 
 if TYPE_CHECKING:
     from catalyst_config import Config
@@ -172,12 +174,14 @@ class Actor:
         self._burst = False
         self._arrival = self._input_done = float("-inf")
         self._control_codec = protocol.Codec(protocol.Ping, protocol.Command)
+        # tcp:// endpoints go under CurveZMQ; refused peers show in the counters (stats).
+        self.transport = Transport(self.config, self.ctx, self.counters, self.name)
         self.control = self.ctx.socket(zmq.DEALER)
         self.control.setsockopt(zmq.IDENTITY, self.name.encode())
         self.control.setsockopt(zmq.LINGER, LINGER_MS)
         self.control.setsockopt(zmq.SNDHWM, 100)
         self.control.setsockopt(zmq.MAXMSGSIZE, protocol.SOCKET_MAX_BYTES)
-        self.control.connect(self.config.endpoint("control"))
+        self.transport.connect(self.control, self.config.endpoint("control"))
         self.add_reader(self.control, self._on_control)
         self._signals = Waker()
 
@@ -222,9 +226,9 @@ class Actor:
             # A restarted peer rebinds within milliseconds; find it as fast (default 100 ms).
             sock.setsockopt(zmq.RECONNECT_IVL, RECONNECT_MS)
         for endpoint in [bind] if isinstance(bind, str) else bind:
-            sock.bind(endpoint)
+            self.transport.bind(sock, endpoint)
         for endpoint in [connect] if isinstance(connect, str) else connect:
-            sock.connect(endpoint)
+            self.transport.connect(sock, endpoint)
         return sock
 
     def add_reader(self, sock: Any, callback: Callable[[], None]) -> None:
@@ -258,6 +262,19 @@ class Actor:
             self.control.send(protocol.encode(ev), zmq.NOBLOCK)
         except zmq.Again:
             log.warning("%s could not send admin event %s: %s", self.name, event, message)
+
+    def watch_silence(self, watch: SilenceWatch, now: float, waiting_for: str) -> None:
+        """An admin event once the next stage has answered nothing for its silence time."""
+        quiet = watch.silent_for(now)
+        if quiet is not None:
+            self.admin("stage_silent", f"{watch.stage} has answered nothing for {quiet:.0f} s "
+                       f"({waiting_for}); is its host down or cut off?", reason=watch.stage,
+                       level="error")
+
+    def stage_answered(self, watch: SilenceWatch, now: float, still_waiting: bool) -> None:
+        if watch.answered(now, still_waiting):
+            self.admin("stage_answering", f"{watch.stage} answers again", reason=watch.stage,
+                       level="info")
 
     def request_stop(self) -> None:
         self.stopping = True

@@ -1,4 +1,8 @@
-"""The dedupe actor: sole owner of the SeenStore; claims, forwards, redelivers, dead-letters.
+"""The dedupe actor: owner of the SeenStore; claims, forwards, redelivers, dead-letters.
+
+The ledger is a SeenStore backend (actors/seen_store/base.py) chosen by dedupe.backend:
+seen.db, this actor's alone (sqlite, the default), or a PostgreSQL database several dedupe
+actors on several hosts share (postgres). This module uses only the interface.
 
 Claims: every claim frame gets an answer. One that cannot be decoded (malformed, or over
 the size limit) is answered with its error and retry=False, so the fetcher splits or
@@ -10,12 +14,12 @@ Forwarding: Deliver frames are cut by their exact encoded size under the llm's f
 limit (protocol.fit_batches), never only by count, so no legal item takes others down
 with it; an item too big for any frame alone becomes a dead letter at once.
 
-When seen.db cannot be used (disk full, I/O error, read-only, locked by another program:
-StoreUnavailableError) the actor stays up and heartbeating: claims are answered
-error="store unavailable: ..." with retry=True and nothing is recorded, the lease clock
-stops (nothing is sent again, no attempt is counted, nothing dies of the outage), acks
-wait in a bounded buffer, and the store is tried again with backoff (StoreOutage) until a
-try works; then everything resumes by itself.
+When the ledger cannot be used (disk full, I/O error, read-only, locked by another program,
+a database server that is down or unreachable: StoreUnavailableError) the actor stays up
+and heartbeating: claims are answered error="store unavailable: ..." with retry=True and
+nothing is recorded, the lease clock stops (nothing is sent again, no attempt is counted,
+nothing dies of the outage), acks wait in a bounded buffer, and the store is tried again
+with backoff (StoreOutage) until a try works; then everything resumes by itself.
 """
 
 from __future__ import annotations
@@ -29,15 +33,12 @@ import zmq
 from actors import protocol
 from actors.base import RECV_BATCH, Actor
 from actors.errors import CommandError, ProtocolError, StoreUnavailableError
-from actors.seen_store import SqliteSeenStore
+from actors.resilience import SilenceWatch
+from actors.seen_store import SeenStore, open_seen_store, store_label
 from actors.storage import StoreOutage
 from actors.storage.sqlite import backup_command
 
 log = logging.getLogger("catalyst.dedupe")
-# Memory the key index holds per live key, by design (a 16-byte hash in a set, plus the
-# set's growth): measured 102 B a key over 1,000,000 claims through a real SeenStore
-# (tests/test_memory_trend.py re-measures it). The supervisor judges leaks net of it.
-LIVE_KEY_BYTES = 100
 
 # Acks are finished in batches: moving rows to the big seen table costs a page per row
 # however few rows a commit carries. A lost buffer is harmless: the items are sent again
@@ -45,6 +46,8 @@ LIVE_KEY_BYTES = 100
 ACK_FLUSH_S = 0.2
 ACK_FLUSH_MAX = 5000
 GROUP_COMMIT_MAX_ITEMS = 4000  # claims handled in one transaction, at most
+# A store that purges in bounded batches and stopped at its bound is called again this soon.
+PURGE_AGAIN_S = 1.0
 # Acks kept while the ledger cannot record them (about 100 bytes each). Beyond, acks are
 # dropped and counted: their items stay pending, come back after their lease, and the
 # alert journal answers "already", so the alert side acks them again.
@@ -63,42 +66,38 @@ class DedupeActor(Actor):
         cfg = self.config
         d = cfg.dedupe
         self.outage = StoreOutage(
-            "seen.db", notify=self.admin,
+            store_label(cfg), notify=self.admin,
             effect="claims are refused for fetchers to send again later, leases and attempt "
                    "counts are paused, acks are held")
-        self.store: SqliteSeenStore | None = None
+        self.store: SeenStore | None = None
         self.rpc = self.socket(zmq.ROUTER, bind=cfg.endpoint("dedupe_rpc"))
         self.acks = self.socket(zmq.PULL, bind=cfg.endpoint("dedupe_acks"))
-        self.deliver = self.socket(
-            zmq.PUSH, connect=[cfg.instance_endpoint("llm_in", i)
-                               for i in range(cfg.actors.llm.instances)],
-            hwm=protocol.DELIVER_HWM)
-        self.llm_instances = cfg.actors.llm.instances
+        llm_inboxes = cfg.targets("llm_in")  # this host's llm instances, and the peers'
+        self.deliver = self.socket(zmq.PUSH, connect=llm_inboxes, hwm=protocol.DELIVER_HWM)
+        self.llm_instances = len(llm_inboxes)
         self.busy_poll_s = d.busy_poll_us / 1e6  # fetchers wait on our answer
         self.add_reader(self.rpc, self._on_claims)
         self.add_reader(self.acks, self._on_acks)
-        self.rpc_codec = protocol.Codec(protocol.Claim)
+        self.rpc_codec = protocol.Codec(protocol.Claim, protocol.FeedLease)
         self.ack_codec = protocol.Codec(protocol.Ack)
         self.next_purge = time.monotonic() + min(60.0, d.purge_interval_s)
         self.acked: dict[str, list[str]] = {"delivered": [], "filtered": []}
         self.acks_held = 0
+        # Items sent on that no ack comes back for: the llm or alert stage (maybe on
+        # another host) answers nothing.
+        self.downstream_silence = SilenceWatch("the llm and alert stages",
+                                               cfg.host.stage_silence_s)
         self.next_ack_flush = 0.0
         self._open_store(time.monotonic())  # a store that is away is tried again in tick()
 
     # The store and its outages -----------------------------------------------
 
     def _open_store(self, now: float) -> bool:
-        cfg = self.config
-        d = cfg.dedupe
         try:
-            self.store = SqliteSeenStore(
-                cfg.path(cfg.data_dir) / "seen.db", sqlite_cfg=d.sqlite, lease_s=d.lease_s,
-                max_attempts=d.max_attempts, ttl_s=d.ttl_days * 86400.0,
+            self.store = open_seen_store(
+                self.config,
                 on_corrupt=lambda msg: self.admin("store_corrupt", msg, reason="corrupt",
-                                                  level="error"),
-                feeds=[f.name for f in cfg.feeds],
-                mark_seen_first_poll=[f.name for f in cfg.feeds
-                                      if cfg.fetch.first_poll_of(f) == "mark_seen"])
+                                                  level="error"))
         except StoreUnavailableError as exc:
             self.outage.failed(exc, now)
             return False
@@ -148,7 +147,30 @@ class DedupeActor(Actor):
                     req_id=protocol.request_id(frame) or 0,
                     error=f"claim refused: {exc}"[:REFUSAL_MAX_CHARS], retry=False))
 
-    def _reply(self, envelope: list[bytes], reply: protocol.Claimed) -> None:
+    def _feed_lease(self, envelope: list[bytes], req: protocol.FeedLease) -> None:
+        """Which feeds a fetcher may poll (several hosts: the leases live in the store, so
+        one fetcher polls a feed at a time and another takes it once its lease lapses)."""
+        now = time.monotonic()
+        if not self._ready(now):
+            self._reply(envelope, protocol.FeedLeased(req_id=req.req_id,
+                                                      error="store unavailable"))
+            return
+        try:
+            if req.release:
+                self.store.release_feed_leases(req.holder, req.feeds)
+                held: list[str] = []
+            else:
+                held = self.store.take_feed_leases(req.holder, req.feeds, req.ttl_s)
+        except StoreUnavailableError as exc:
+            self._failed(exc, now)
+            self._reply(envelope, protocol.FeedLeased(req_id=req.req_id,
+                                                      error="store unavailable"))
+            return
+        self._worked(now)
+        self.counters["feed_lease_requests"] += 1
+        self._reply(envelope, protocol.FeedLeased(req_id=req.req_id, feeds=held))
+
+    def _reply(self, envelope: list[bytes], reply: protocol.Message) -> None:
         self.rpc.send_multipart([*envelope, protocol.encode(reply)])
 
     def _refuse_all(self, group: list[tuple[list[bytes], protocol.Claim]]) -> None:
@@ -166,6 +188,9 @@ class DedupeActor(Actor):
         group: list[tuple[list[bytes], protocol.Claim]] = []
         size = 0
         for envelope, claim in self._recv_claims():
+            if isinstance(claim, protocol.FeedLease):
+                self._feed_lease(envelope, claim)
+                continue
             group.append((envelope, claim))
             size += len(claim.items)
             if size >= GROUP_COMMIT_MAX_ITEMS:
@@ -216,6 +241,8 @@ class DedupeActor(Actor):
         per_frame = max(1, min(protocol.DELIVER_CHUNK, -(-len(encoded) // self.llm_instances)))
         frames = list(protocol.fit_batches(encoded, max_bytes=LLM_MAX_FRAME_BYTES,
                                            max_count=per_frame, size_of=lambda e: len(e[1])))
+        if frames:
+            self.downstream_silence.waiting(time.monotonic())
         for i, chunk in enumerate(frames):
             frame = protocol.encode(protocol.Deliver(items=[msgspec.Raw(raw) for _, raw in chunk]))
             try:
@@ -223,7 +250,10 @@ class DedupeActor(Actor):
             except zmq.Again:  # the llm inbox is not there yet (starting, restarting)
                 unsent = [key for later in frames[i:] for key, _ in later]
                 self.counters["forward_deferred"] += len(unsent)
-                self.store.unsent(unsent)
+                try:
+                    self.store.unsent(unsent)
+                except StoreUnavailableError as exc:  # they go again when their lease ends
+                    self._failed(exc, time.monotonic())
                 return unsent
         return []
 
@@ -245,13 +275,19 @@ class DedupeActor(Actor):
     # Acks ---------------------------------------------------------------------
 
     def _on_acks(self) -> None:
+        now = time.monotonic()
+        pending = self.store.pending_count() if self.store is not None else 0
+        self.stage_answered(self.downstream_silence, now, pending > 0)
         for _, ack in self.recv_messages(self.acks, self.ack_codec):
             if self.acks_held + len(ack.keys) > HELD_ACKS_MAX:
                 self.counters["acks_dropped"] += len(ack.keys)  # they come back: see above
                 continue
-            if ack.outcome == "held":  # renewed now, in memory: nothing to write
+            if ack.outcome == "held":  # renewed now (SQLite: in memory, nothing to write)
                 if self.store is not None:
-                    self.counters["leases_held"] += self.store.hold(ack.keys)
+                    try:
+                        self.counters["leases_held"] += self.store.hold(ack.keys)
+                    except StoreUnavailableError as exc:
+                        self._failed(exc, time.monotonic())
                 continue
             self.acked[ack.outcome].extend(ack.keys)
             self.acks_held += len(ack.keys)
@@ -325,6 +361,9 @@ class DedupeActor(Actor):
 
     def tick(self, now: float) -> None:
         self.outage.settle(now)
+        if self.store is not None and self.store.pending_count():
+            self.watch_silence(self.downstream_silence, now,
+                               f"{self.store.pending_count()} items sent on, none acked")
         if self.store is None or self.outage.down:
             if self.outage.usable(now):
                 self._try_store(now)
@@ -338,7 +377,8 @@ class DedupeActor(Actor):
                 self.counters["purged"] += self.store.purge()
             except StoreUnavailableError as exc:
                 self._failed(exc, now)
-            self.next_purge = now + self.config.dedupe.purge_interval_s
+            self.next_purge = now + (PURGE_AGAIN_S if self.store.purge_incomplete
+                                     else self.config.dedupe.purge_interval_s)
 
     def heartbeat(self, token: int = 0) -> None:
         if token:  # a drain check: answer with every ack received so far applied
@@ -392,21 +432,9 @@ class DedupeActor(Actor):
                "acks_held": self.acks_held,
                "marked_seen_first_poll": self.counters["marked_seen_first_poll"]}
         if self.store is not None:  # unknown while it never opened: the drain waits
-            live = self.store.live_keys()
-            out.update(pending=self.store.pending_count(), live_keys=live,
-                       expected_memory_bytes=live * LIVE_KEY_BYTES + self._page_cache_bytes())
+            out.update(pending=self.store.pending_count(), live_keys=self.store.live_keys(),
+                       expected_memory_bytes=self.store.expected_memory_bytes())
         return out
-
-    def _page_cache_bytes(self) -> int:
-        """What SQLite's page cache may hold by design: its configured size, or the whole
-        file when that is smaller (it fills as the ledger grows)."""
-        cfg = self.config.dedupe.sqlite
-        limit = -cfg.cache_size * 1024 if cfg.cache_size < 0 else cfg.cache_size * 4096
-        try:
-            size = self.store.path.stat().st_size
-        except OSError:
-            size = 0
-        return min(limit, size)
 
     def teardown(self) -> None:
         store = getattr(self, "store", None)

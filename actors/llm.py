@@ -33,9 +33,7 @@ class LLMActor(Actor):
         # Bound first: dedupe sees the inbox while the classifier is still being made.
         self.inbox = self.socket(zmq.PULL, bind=cfg.instance_endpoint("llm_in", self.spec.index),
                                  hwm=protocol.DELIVER_HWM)
-        self.out = self.outbox(self.socket(
-            zmq.PUSH, connect=[cfg.instance_endpoint("alert_in", i)
-                               for i in range(cfg.actors.alert.instances)]))
+        self.out = self.outbox(self.socket(zmq.PUSH, connect=cfg.targets("alert_in")))
         self.classifier = make_classifier(cfg, name=self.name, admin=self.admin)
         self.add_reader(self.inbox, self._on_items)
         if self.classifier.wake_fd is not None:

@@ -132,6 +132,27 @@ class Claimed(Message, tag="claimed", kw_only=True):
     retry: bool = False  # with error: a passing condition (store unavailable); send it later
 
 
+class FeedLease(Message, tag="feed_lease", kw_only=True):
+    """fetcher -> dedupe (RPC socket), with several hosts sharing PostgreSQL: take or renew
+    the leases of these feeds for holder, for ttl_s, or (release) give them up. A feed is
+    polled only by the fetcher holding its lease, so one host polls it at a time."""
+
+    req_id: int = 0
+    holder: ShortText
+    feeds: Annotated[list[ShortText], msgspec.Meta(max_length=10000)] = []
+    ttl_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
+    release: bool = False
+
+
+class FeedLeased(Message, tag="feed_leased", kw_only=True):
+    """dedupe -> fetcher: the feeds holder holds now (error set: the store is away, nothing
+    taken; the fetcher keeps what it held until those leases run out)."""
+
+    req_id: int = 0
+    feeds: Annotated[list[ShortText], msgspec.Meta(max_length=10000)] = []
+    error: ShortText | None = None
+
+
 class RequestId(msgspec.Struct, kw_only=True, gc=False):
     """Just the request id of a frame that failed to decode, to answer it with an error."""
 
@@ -157,7 +178,7 @@ class Command(Message, tag="cmd", kw_only=True):
     """supervisor -> actor. "report" answers with a heartbeat carrying the token; any
     other command with an Answer carrying it."""
 
-    command: Literal["stop", "report", "dead_letters", "reconfigure", "backup"]
+    command: Literal["stop", "report", "dead_letters", "reconfigure", "backup", "pause_feeds"]
     token: int = 0
     args: dict[str, Any] = {}
 

@@ -109,6 +109,10 @@ def _build(cls: type, data: Any, path: str) -> Any:
     return cls(**kwargs)
 
 
+CONSOLE_TOKEN_ENV = "CATALYST_CONSOLE_TOKEN"  # the console's actions need it (bearer token)
+CONSOLE_TOKEN_MIN_CHARS = 16
+
+
 def _validate(cfg: Config) -> None:
     names = set()
     for i, feed in enumerate(cfg.feeds):
@@ -132,14 +136,13 @@ def _validate(cfg: Config) -> None:
                           "must exceed twice supervisor.heartbeat_interval_s")
     if sup.restart.backoff_max_s < sup.restart.backoff_initial_s:
         raise ConfigError("supervisor.restart.backoff_max_s", "must be >= backoff_initial_s")
-    for name in (f.name for f in dataclasses.fields(EndpointsConfig)):
-        value = getattr(cfg.endpoints, name)
-        if value is None or value.startswith("ipc://"):
-            continue
-        if value.startswith("tcp://"):
-            raise ConfigError(f"endpoints.{name}", "tcp:// endpoints need CurveZMQ keys, "
-                              "which this version does not configure yet; use ipc://")
-        raise ConfigError(f"endpoints.{name}", "must start with ipc://")
+    console = cfg.console
+    if console.port and console.port == sup.metrics_port:
+        raise ConfigError("console.port", f"{console.port} is supervisor.metrics_port too "
+                          "(the console serves /metrics itself; set one of them to 0)")
+    _check_curve_files(cfg)
+    _check_endpoints(cfg)
+    _check_hosts(cfg)
     run_dir = cfg.path(cfg.run_dir)
     if len(str(run_dir)) > 80:  # unix socket paths are limited to 107 bytes
         raise ConfigError("run_dir", f"{run_dir} is too long for ipc:// socket paths")
@@ -165,6 +168,130 @@ def _validate(cfg: Config) -> None:
                               f"no feed named {name!r} (feeds: {', '.join(sorted(names))})")
         if usd < 0:
             raise ConfigError(f"llm.feed_daily_budget_usd.{name}", f"must be >= 0, got {usd}")
+
+
+# tcp://HOST:PORT with a host name, an IPv4 address or a bracketed IPv6 address, and a fixed
+# port: peers connect to the very string its owner binds, so no wildcard host or port.
+_TCP_ENDPOINT = re.compile(r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*"
+                           r"[A-Za-z0-9])?):(?P<port>[0-9]{1,5})")
+_PER_INSTANCE = {"llm_in": "llm", "alert_in": "alert"}  # instance i listens on PORT + i
+_KEYS_HELP = "catalyst-supervisor keys DIR makes a host's pair; see docs/multi-host.md"
+
+
+def _check_endpoints(cfg: Config) -> None:
+    """ipc:// as it is; tcp:// a fixed host and port no other endpoint uses, under CurveZMQ."""
+    taken: dict[tuple[str, int], str] = {}
+    for name in (f.name for f in dataclasses.fields(EndpointsConfig)):
+        value = getattr(cfg.endpoints, name)
+        where = f"endpoints.{name}"
+        if value is None or value.startswith("ipc://"):
+            continue
+        if not value.startswith("tcp://"):
+            raise ConfigError(where, "must start with ipc:// or tcp://")
+        match = _TCP_ENDPOINT.fullmatch(value)
+        if not match:
+            raise ConfigError(where, f"{value!r} is not tcp://HOST:PORT (a host name or "
+                              "address, an IPv6 address in brackets, a port; no wildcards: "
+                              "peers connect to the address its owner binds)")
+        host, port = match["host"].lower(), int(match["port"])
+        kind = _PER_INSTANCE.get(name)
+        count = getattr(cfg.actors, kind).instances if kind else 1
+        if not 1 <= port <= 65536 - count:
+            span = f" (and up to {count - 1} above it, one per {kind} instance)" if kind else ""
+            raise ConfigError(where, f"port {port}{span} is outside 1-65535")
+        for i in range(count):
+            other = taken.get((host, port + i))
+            if other:
+                raise ConfigError(where, f"port {port + i} on {host} is already {other}")
+            taken[(host, port + i)] = f"endpoints.{name}" + (f" (instance {i})" if kind else "")
+        _check_curve_for(cfg, where, value)
+
+
+# Who needs a peer: each role, the endpoint it connects to, and what binds that endpoint.
+_ROLE_NEEDS = (("fetcher", "dedupe_rpc", "dedupe"), ("alert", "dedupe_acks", "dedupe"),
+               ("dedupe", "llm_in", "llm"), ("llm", "alert_in", "alert"))
+
+
+def _check_hosts(cfg: Config) -> None:
+    """host.roles and peers: each peer a tcp:// endpoint under CurveZMQ, and each role this
+    host runs able to reach the next stage, here or on a peer."""
+    roles = cfg.host.roles
+    if roles is not None:
+        if not roles:
+            raise ConfigError("host.roles", "names no kind; leave it out to run every kind")
+        if len(set(roles)) != len(roles):
+            raise ConfigError("host.roles", f"names a kind twice: {roles}")
+    for name in ("dedupe_rpc", "dedupe_acks", "llm_in", "alert_in"):
+        peers = getattr(cfg.peers, name)
+        for i, value in enumerate(peers):
+            where = f"peers.{name}[{i}]"
+            if not isinstance(value, str) or not _TCP_ENDPOINT.fullmatch(value):
+                raise ConfigError(where, f"{str(value)[:80]!r} is not tcp://HOST:PORT (another "
+                                  "host's endpoint, as that host binds it)")
+            _check_curve_for(cfg, where, value)
+        if len(set(peers)) != len(peers):
+            raise ConfigError(f"peers.{name}", "names an endpoint twice")
+    for role, endpoint, owner in _ROLE_NEEDS:
+        if cfg.runs(role) and not cfg.targets(endpoint):
+            raise ConfigError(f"peers.{endpoint}", f"this host runs {role} but not {owner}: "
+                              f"list the {owner} hosts' {endpoint} endpoints here")
+
+
+def _check_curve_for(cfg: Config, where: str, endpoint: str) -> None:
+    import zmq
+    from zmq.auth import load_certificate
+
+    if not zmq.has("curve"):
+        raise ConfigError(where, "tcp:// needs CurveZMQ, which this libzmq was built without")
+    for key in ("secret_key", "public_keys_dir"):
+        if not getattr(cfg.curve, key):
+            raise ConfigError(where, f"tcp:// needs curve.{key} (this host's certificate "
+                              f"and its allowed peers' public keys; {_KEYS_HELP})")
+    server = cfg.server_key_file(endpoint)
+    try:
+        load_certificate(server)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(where, f"tcp:// needs the public key of the host that binds it as "
+                          f"{server}, named after the host in the endpoint ({exc})") from None
+
+
+def _check_curve_files(cfg: Config) -> None:
+    """curve.secret_key and curve.public_keys_dir, when set, load: a private secret, and
+    public keys only (each file named, so a bad one can be found)."""
+    if not (cfg.curve.secret_key or cfg.curve.public_keys_dir):
+        return
+    from zmq.auth import load_certificate
+
+    if cfg.curve.secret_key:
+        path = cfg.path(cfg.curve.secret_key)
+        try:
+            mode = path.stat().st_mode
+            _, secret = load_certificate(path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("curve.secret_key", f"cannot load {path}: {exc}") from None
+        if not secret:
+            raise ConfigError("curve.secret_key", f"{path} has no secret key (a NAME.key_secret "
+                              f"file is wanted, not the public NAME.key; {_KEYS_HELP})")
+        if mode & 0o004:
+            raise ConfigError("curve.secret_key", f"{path} is readable by every user (mode "
+                              f"{mode & 0o777:o}): chmod 600 it, and make a new pair if "
+                              "another user may have read it")
+    if cfg.curve.public_keys_dir:
+        folder = cfg.path(cfg.curve.public_keys_dir)
+        try:
+            files = sorted(folder.glob("*.key")) if folder.is_dir() else None
+        except OSError as exc:
+            raise ConfigError("curve.public_keys_dir", f"cannot read {folder}: {exc}") from None
+        if files is None:
+            raise ConfigError("curve.public_keys_dir", f"{folder} is not a directory")
+        for file in files:
+            try:
+                _, secret = load_certificate(file)
+            except (OSError, ValueError) as exc:
+                raise ConfigError("curve.public_keys_dir", f"cannot load {file}: {exc}") from None
+            if secret:
+                raise ConfigError("curve.public_keys_dir", f"{file} holds a secret key: only "
+                                  "public NAME.key files belong here")
 
 
 # The example contact shipped in config.yaml, and its kin: SEC would be sent a fake contact.
@@ -198,6 +325,28 @@ def config_warnings(cfg: Config) -> list[tuple[str, str]]:
     return warnings
 
 
+def _check_ledger(cfg: Config) -> None:
+    """dedupe.backend postgres: psycopg 3 importable, and the DSN set in the environment
+    and well formed. Its value is a secret: never quoted."""
+    if cfg.dedupe.backend != "postgres":
+        return
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+    except ImportError as exc:
+        raise ConfigError("dedupe.backend", f"postgres needs psycopg 3, which cannot be "
+                          f"imported here ({exc}): pip install 'psycopg[binary]>=3.2'") from None
+    name = cfg.dedupe.postgres.dsn_env
+    dsn = cfg.secrets.get(name)
+    if not dsn:
+        raise ConfigError("dedupe.postgres.dsn_env", f"backend postgres needs the database's "
+                          f"DSN in ${name}, which is not set in the environment")
+    try:
+        conninfo_to_dict(dsn)
+    except Exception:  # noqa: BLE001  (psycopg's message quotes the DSN)
+        raise ConfigError("dedupe.postgres.dsn_env", f"${name} is not a valid libpq "
+                          "connection string (its value is not shown)") from None
+
+
 def check_secrets(cfg: Config) -> None:
     """What only a process that runs the service needs: its secrets, present and usable.
     status, stop and restart skip this, so they work from a shell without them (and with
@@ -210,6 +359,12 @@ def check_secrets(cfg: Config) -> None:
     if cfg.llm.provider == "gemini" and not cfg.secrets.get("GEMINI_API_KEY"):
         raise ConfigError("llm.provider", "gemini needs GEMINI_API_KEY in the environment")
     cfg.alerts.check(cfg.secrets)
+    _check_ledger(cfg)
+    token = cfg.secrets.get(CONSOLE_TOKEN_ENV)
+    if token is not None and len(token) < CONSOLE_TOKEN_MIN_CHARS:
+        raise ConfigError("console", f"{CONSOLE_TOKEN_ENV} is set but shorter than "
+                          f"{CONSOLE_TOKEN_MIN_CHARS} characters (make one with: "
+                          "python3 -c 'import secrets; print(secrets.token_urlsafe(32))')")
 
 
 def config_from_dict(data: Any, source: str | None = None, secrets: Secrets | None = None,
@@ -218,6 +373,7 @@ def config_from_dict(data: Any, source: str | None = None, secrets: Secrets | No
     extra = [s.webhook_url_env for s in [*cfg.alerts.sinks, cfg.alerts.admin] if s.webhook_url_env]
     if cfg.alerts.charts.key_env():
         extra.append(cfg.alerts.charts.key_env())
+    extra.append(cfg.dedupe.postgres.dsn_env)  # the ledger's DSN: a secret, never printed
     cfg = dataclasses.replace(cfg, source=source,
                               secrets=secrets or Secrets.from_environment(extra))
     _validate(cfg)

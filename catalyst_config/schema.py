@@ -5,6 +5,7 @@ default and bounds. config.yaml documents every key; loader.py checks a file aga
 from __future__ import annotations
 
 import dataclasses
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -61,6 +62,9 @@ class FetchConfig:
     # A feed's next poll comes one interval after its last began, minus up to this
     # fraction of it at random (jitter only ever shortens a wait), so feeds drift apart.
     jitter_fraction: float = setting(0.1, ge=0, le=0.5)
+    # With dedupe.backend postgres (several hosts), a fetcher polls only the feeds whose
+    # lease it holds, renewed every third of this; a dead host's feeds move within it.
+    feed_lease_s: float = setting(30.0, ge=1, le=3600)
     # A feed with nothing new for this long while others had news raises feed_stale.
     stale_after_h: float = setting(72.0, gt=0)
 
@@ -82,6 +86,21 @@ class SqliteConfig:
 
 
 @dataclass(frozen=True)
+class PostgresConfig:
+    """The shared PostgreSQL ledger (dedupe.backend: postgres)."""
+
+    dsn_env: str = "CATALYST_PG_DSN"  # the NAME of the environment variable holding the DSN
+    connect_timeout_s: int = setting(3, ge=2, le=60)  # libpq: whole seconds, at least 2
+    statement_timeout_s: float = setting(10.0, gt=0)  # also the lock timeout
+    due_poll_s: float = setting(1.0, gt=0)  # looks for leases other actors let lapse
+    purge_batch: int = setting(5000, ge=1)  # rows one purge transaction deletes
+    purge_max_batches: int = setting(20, ge=1)  # per purge run; the rest a second later
+    # The alert journal's hold on a delivery under way, renewed every third of it: how long
+    # a holder that died keeps others from it (actors/sinks/journal_postgres.py).
+    delivery_lease_s: float = setting(120.0, ge=1)
+
+
+@dataclass(frozen=True)
 class DedupeConfig:
     ttl_days: float = setting(7.0, gt=0)
     lease_s: float = setting(120.0, gt=0)
@@ -89,7 +108,9 @@ class DedupeConfig:
     purge_interval_s: float = setting(3600.0, gt=0)
     redeliver_batch: int = setting(500, ge=1)
     busy_poll_us: float = setting(200.0, ge=0, le=10_000)
+    backend: Literal["sqlite", "postgres"] = "sqlite"
     sqlite: SqliteConfig = setting(factory=SqliteConfig)
+    postgres: PostgresConfig = setting(factory=PostgresConfig)
 
 
 @dataclass(frozen=True)
@@ -281,6 +302,25 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
+class ConsoleConfig:
+    """The operator console: a page, /health, /ready and /metrics over HTTP."""
+
+    port: int = setting(19109, ge=0, le=65535)  # 0: no console
+    host: str = "127.0.0.1"
+    # Host headers answered (a DNS-rebinding page cannot read the console); "*": any.
+    allowed_hosts: list[str] = setting(factory=lambda: ["localhost", "127.0.0.1", "::1"])
+    publish_interval_s: float = setting(1.0, gt=0, le=60)  # the loop's snapshot, this often
+    # /ready wants a fetch that succeeded within this; None: 3 x the longest poll interval,
+    # and at least 60 s.
+    ready_fetch_within_s: float | None = setting(None, gt=0)
+    # /health fails once the loop has published nothing for this long.
+    live_within_s: float = setting(10.0, gt=0)
+    requests_per_s: float = setting(20.0, gt=0)  # per client address, with a burst of 2 s
+    max_connections: int = setting(32, ge=1, le=1024)
+    max_streams: int = setting(8, ge=1, le=256)  # live pages at once (server-sent events)
+
+
+@dataclass(frozen=True)
 class EndpointsConfig:
     """Socket addresses; None means an ipc:// socket in run_dir."""
 
@@ -290,6 +330,43 @@ class EndpointsConfig:
     dedupe_rpc: str | None = None
     llm_in: str | None = None
     alert_in: str | None = None
+
+
+@dataclass(frozen=True)
+class HostConfig:
+    """This host, among several sharing one PostgreSQL (docs/multi-host.md)."""
+
+    name: str | None = None  # in status, the console, leases and admin events; None: hostname
+    roles: list[Literal["fetcher", "dedupe", "llm", "alert"]] | None = None  # None: all kinds
+    # An admin event names a stage that answers nothing (no claim answered, no ack) this long.
+    stage_silence_s: float = setting(60.0, gt=0)
+
+
+@dataclass(frozen=True)
+class PeersConfig:
+    """Other hosts' endpoints this host's actors connect to as well as (or instead of) its
+    own: fetchers claim at every dedupe_rpc, alert actors ack to every dedupe_acks, dedupe
+    forwards to every llm_in, llm actors to every alert_in (one address per instance)."""
+
+    dedupe_rpc: list[str] = setting(factory=list)
+    dedupe_acks: list[str] = setting(factory=list)
+    llm_in: list[str] = setting(factory=list)
+    alert_in: list[str] = setting(factory=list)
+
+
+@dataclass(frozen=True)
+class CurveConfig:
+    """CurveZMQ certificates, required by tcp:// endpoints (docs/multi-host.md). Paths
+    resolve like other paths."""
+
+    secret_key: str | None = None  # this host's NAME.key_secret (catalyst-supervisor keys)
+    # Allowed peers' public NAME.key files; the server of tcp://HOST:PORT must be HOST.key.
+    public_keys_dir: str | None = None
+
+
+# Endpoints clients connect to: (the kind that binds it, one address per instance).
+ENDPOINT_OWNERS = {"dedupe_rpc": ("dedupe", False), "dedupe_acks": ("dedupe", False),
+                   "llm_in": ("llm", True), "alert_in": ("alert", True)}
 
 
 @dataclass(frozen=True)
@@ -308,7 +385,11 @@ class Config:
     alerts: AlertsConfig = setting(factory=AlertsConfig)
     actors: ActorsConfig = setting(factory=ActorsConfig)
     supervisor: SupervisorConfig = setting(factory=SupervisorConfig)
+    console: ConsoleConfig = setting(factory=ConsoleConfig)
     endpoints: EndpointsConfig = setting(factory=EndpointsConfig)
+    curve: CurveConfig = setting(factory=CurveConfig)
+    host: HostConfig = setting(factory=HostConfig)
+    peers: PeersConfig = setting(factory=PeersConfig)
     secrets: Secrets = field(default_factory=lambda: Secrets({}), compare=False)
     source: str | None = field(default=None, compare=False)  # the file it came from
 
@@ -322,9 +403,40 @@ class Config:
         return configured or f"ipc://{self.path(self.run_dir) / (name + '.sock')}"
 
     def instance_endpoint(self, name: str, index: int) -> str:
-        """The inbox of one instance of a kind that may run several (llm_in, alert_in)."""
+        """The inbox of one instance of a kind that may run several (llm_in, alert_in):
+        ipc://DIR/NAME.sock -> ipc://DIR/NAME-<i>.sock; tcp://HOST:PORT -> tcp://HOST:<PORT+i>
+        (the loader checks those ports are free of other endpoints')."""
         base = self.endpoint(name)
+        if base.startswith("tcp://"):
+            address, _, port = base.rpartition(":")
+            return f"{address}:{int(port) + index}"
         return f"{base[:-5]}-{index}.sock" if base.endswith(".sock") else f"{base}-{index}"
+
+    def server_key_file(self, endpoint: str) -> Path:
+        """The public certificate of whoever binds a tcp:// endpoint, as its clients expect
+        it: HOST.key in curve.public_keys_dir, HOST as the endpoint writes it (without an
+        IPv6 address's brackets). See docs/multi-host.md."""
+        host = endpoint.removeprefix("tcp://").rpartition(":")[0].strip("[]")
+        return self.path(self.curve.public_keys_dir or ".") / f"{host}.key"
+
+    def host_name(self) -> str:
+        return self.host.name or socket.gethostname()
+
+    def runs(self, kind: str) -> bool:
+        """Whether this host runs actors of kind (host.roles)."""
+        return self.host.roles is None or kind in self.host.roles
+
+    def targets(self, name: str) -> list[str]:
+        """Every address a client of endpoint `name` connects to: this host's own, when it
+        runs the kind that binds it (each instance's, for llm_in and alert_in), and the
+        peers' (peers.<name>)."""
+        owner, per_instance = ENDPOINT_OWNERS[name]
+        local: list[str] = []
+        if self.runs(owner):
+            kcfg = self.actors.get(owner)
+            local = ([self.instance_endpoint(name, i) for i in range(kcfg.instances)]
+                     if per_instance else [self.endpoint(name)])
+        return local + list(getattr(self.peers, name))
 
     def enabled_feeds(self) -> list[FeedConfig]:
         return [f for f in self.feeds if f.enabled]

@@ -9,7 +9,8 @@ import typing
 class Secrets:
     """Values from the environment; repr never shows them."""
 
-    NAMES = ("GEMINI_API_KEY", "DISCORD_WEBHOOK_URL", "DISCORD_ADMIN_WEBHOOK_URL")
+    NAMES = ("GEMINI_API_KEY", "DISCORD_WEBHOOK_URL", "DISCORD_ADMIN_WEBHOOK_URL",
+             "CATALYST_CONSOLE_TOKEN", "CATALYST_PG_DSN")
 
     def __init__(self, values: dict[str, str]):
         self._values = dict(values)

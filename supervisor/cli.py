@@ -1,5 +1,5 @@
-"""catalyst-supervisor: start, demo, status, stop, restart, dead-letters, report,
-check-config, init, notify-admin."""
+"""catalyst-supervisor: start, demo, status, stop, restart, pause, resume, dead-letters,
+report, check-config, init, notify-admin."""
 
 from __future__ import annotations
 
@@ -97,7 +97,7 @@ def _feed_rows(status: dict) -> list[list[str]]:
             success = f.get("last_success_at")
             next_in = f.get("next_poll_in_s")
             rows.append([name, f"{now - success:.0f}s ago" if success else "never",
-                         "polling" if f.get("polling") else
+                         "polling" if f.get("polling") else "paused" if f.get("paused") else
                          (f"in {next_in:.0f}s" if next_in is not None else "-"),
                          str(f.get("last_items") if f.get("last_items") is not None else "-"),
                          str((f.get("breaker") or {}).get("state", "-")),
@@ -169,6 +169,20 @@ def cmd_reload(args) -> int:
 def cmd_restart(args) -> int:
     request(_control_config(args), "restart", {"name": args.name})
     _say(args, f"restarting {args.name}", restarting=args.name)
+    return EXIT_OK
+
+
+def cmd_pause(args) -> int:
+    done = request(_control_config(args), "pause", {"feed": args.feed})
+    _say(args, f"paused {args.feed} (paused now: {', '.join(done['paused'])})",
+         feed=args.feed, **done)
+    return EXIT_OK
+
+
+def cmd_resume(args) -> int:
+    done = request(_control_config(args), "resume", {"feed": args.feed})
+    _say(args, f"resumed {args.feed} (paused now: {', '.join(done['paused']) or 'none'})",
+         feed=args.feed, **done)
     return EXIT_OK
 
 
@@ -320,6 +334,50 @@ def cmd_notify_admin(args) -> int:
     return 0
 
 
+# A key pair is named after its host as tcp:// endpoints write it (a name, IPv4 or IPv6).
+KEY_NAME = re.compile(r"[A-Za-z0-9:][A-Za-z0-9._:-]*")
+
+
+def cmd_keys(args) -> int:
+    """A CurveZMQ key pair for this host (docs/multi-host.md): NAME.key_secret (0600) and
+    NAME.key (0644), made in a private folder and moved in whole, so the secret is never
+    readable by others, not even half written."""
+    import socket
+    import tempfile
+
+    from zmq.auth import create_certificates
+
+    name = args.name or socket.gethostname()
+    if not KEY_NAME.fullmatch(name):
+        print(f"keys: {name!r} is not a host name or address (name the pair after the host "
+              "as tcp:// endpoints write it)", file=sys.stderr)
+        return EXIT_USAGE
+    target = Path(args.dir)
+    secret, public = target / f"{name}.key_secret", target / f"{name}.key"
+    existing = [p for p in (secret, public) if p.exists()]
+    if existing and not args.force:
+        print(f"keys: {existing[0]} exists (--force makes a new pair; every peer then needs "
+              "the new public key)", file=sys.stderr)
+        return EXIT_FAILED
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target, prefix=".keys-") as tmp:  # made 0700
+        made_public, made_secret = create_certificates(tmp, name)
+        os.chmod(made_secret, 0o600)
+        os.chmod(made_public, 0o644)
+        os.replace(made_secret, secret)
+        os.replace(made_public, public)
+    _say(args, f"wrote {secret} (this host's secret key, mode 0600: it never leaves this "
+         f"host)\nwrote {public} (its public key, mode 0644)\nnext:\n"
+         f"  on this host set curve.secret_key: {secret.resolve()}\n"
+         f"  and curve.public_keys_dir: a folder of the public keys allowed to connect\n"
+         f"  copy {public.name} into that folder on every host that talks to this one, "
+         f"this one included\n"
+         f"  endpoints this host binds write it as tcp://{name}:PORT (clients expect the "
+         f"server's key as {name}.key)",
+         name=name, secret_key=str(secret.resolve()), public_key=str(public.resolve()))
+    return EXIT_OK
+
+
 def dead_letters_limit(text: str) -> int:
     """--limit: a whole number the supervisor accepts, refused here with a clear message."""
     try:
@@ -373,6 +431,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name", help="the actor's name, as status shows it (e.g. llm-0)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(fn=cmd_restart)
+    p = sub.add_parser("pause", parents=[common], help="stop polling one feed until resumed "
+                       "(kept across restarts of the fetcher and of the supervisor)")
+    p.add_argument("feed", help="the feed's name, as in the configuration")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(fn=cmd_pause)
+    p = sub.add_parser("resume", parents=[common], help="poll a paused feed again, at once")
+    p.add_argument("feed", help="the feed's name, as in the configuration")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(fn=cmd_resume)
     p = sub.add_parser("dead-letters", parents=[common],
                        help="items that ran out of attempts; list them or send them again")
     p.add_argument("--limit", type=dead_letters_limit, default=20,
@@ -411,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--actor", default="systemd", help="who reports it (default: systemd)")
     p.add_argument("--level", default="error", choices=("info", "warning", "error"))
     p.set_defaults(fn=cmd_notify_admin)
+    p = sub.add_parser("keys", help="write this host's CurveZMQ key pair for tcp:// "
+                       "endpoints (NAME.key_secret 0600, NAME.key 0644)")
+    p.add_argument("dir", help="where to write the pair (made 0700 if it does not exist)")
+    p.add_argument("--name", help="the host's name or address as tcp:// endpoints write it "
+                                  "(default: this host's name)")
+    p.add_argument("--force", action="store_true", help="replace a pair that exists")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(fn=cmd_keys)
     p = sub.add_parser("completion", help="print a shell completion script")
     p.add_argument("shell", choices=("bash", "zsh", "tcsh"), help="the shell to complete in")
     p.set_defaults(fn=cmd_completion)

@@ -25,6 +25,8 @@ import zmq
 from actors import protocol
 from actors.base import Dropped
 from actors.errors import CommandError, ProtocolError
+from actors.transport import Transport
+from catalyst_config.pauses import pauses_path, read_paused, write_paused
 
 log = logging.getLogger("catalyst.supervisor")
 
@@ -39,6 +41,7 @@ MAX_ENVELOPE_FRAMES = 8
 MAX_DEAD_LETTERS_LIMIT = 10_000  # dead letters listed by one command
 MAX_REPLAY_KEYS = 10_000  # keys replayed by one command (a protocol list's bound)
 SHOWN_CHARS = 80  # of an operator's bad value, quoted back in an error
+SHOWN_FEEDS_CHARS = 300  # of the configured feed names listed in an error
 
 ReplayKeys = Annotated[list[protocol.Key],
                        msgspec.Meta(min_length=1, max_length=MAX_REPLAY_KEYS)]
@@ -184,6 +187,48 @@ def _backup(sup, args: dict) -> Any:
     return Deferred(token, h.name, BACKUP_ANSWER_TIMEOUT_S)
 
 
+def _configured_feed(command_name: str, sup, args: dict) -> str:
+    """The feed argument of pause and resume: a configured feed's name."""
+    _accept(command_name, args, ("feed",))
+    feed = args.get("feed")
+    names = [f.name for f in sup.config.feeds]
+    if not isinstance(feed, str) or feed not in names:
+        have = ", ".join(names) or "none"
+        if len(have) > SHOWN_FEEDS_CHARS:
+            have = have[:SHOWN_FEEDS_CHARS] + "..."
+        raise CommandError(f"{command_name}: feed must be the name of a configured feed "
+                           f"(have: {have}), got {_shown(feed)}")
+    return feed
+
+
+def _set_paused(command_name: str, sup, paused: set[str]) -> dict:
+    """Writes the paused set first (a fetcher starting meanwhile reads it), then tells
+    every running actor that follows pauses the whole set (actors.Kind.follows_feed_pauses)."""
+    try:
+        write_paused(sup.config, paused)
+    except OSError as exc:
+        raise CommandError(f"{command_name}: could not write {pauses_path(sup.config)}: "
+                           f"{exc.strerror or type(exc).__name__}; nothing changed") from None
+    names = sorted(paused)
+    for h in sup.handles.values():
+        if h.kind.follows_feed_pauses and h.alive:
+            sup.send_command(h, "pause_feeds", args={"paused": names})
+    log.info("%s: paused feeds now %s", command_name, names or "none")
+    return {"paused": names}
+
+
+@command("pause")
+def _pause(sup, args: dict) -> Any:
+    feed = _configured_feed("pause", sup, args)
+    return _set_paused("pause", sup, read_paused(sup.config) | {feed})
+
+
+@command("resume")
+def _resume(sup, args: dict) -> Any:
+    feed = _configured_feed("resume", sup, args)
+    return _set_paused("resume", sup, read_paused(sup.config) - {feed})
+
+
 @command("history")
 def _history(sup, args: dict) -> Any:
     _accept("history", args)
@@ -308,7 +353,7 @@ def request(config, name: str, args: dict | None = None,
     sock.setsockopt(zmq.SNDTIMEO, int(timeout_s * 1000))
     sock.setsockopt(zmq.IMMEDIATE, 1)
     try:
-        sock.connect(config.endpoint("cli"))
+        Transport(config, ctx).connect(sock, config.endpoint("cli"))  # tcp://: CurveZMQ
         sock.send(protocol.encode(protocol.Request(command=name, args=args or {})))
         reply = protocol.Codec(protocol.Reply).decode(sock.recv())
     except zmq.Again:

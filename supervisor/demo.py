@@ -34,6 +34,7 @@ def demo_config(server: DemoFeedServer) -> dict:
         },
         "supervisor": {"heartbeat_interval_s": 0.25, "heartbeat_timeout_s": 5.0,
                        "stop_timeout_s": 5.0, "drain_timeout_s": 20.0, "metrics_port": 0},
+        "console": {"port": 0},  # the demo is over in seconds; a desk's service may hold 19109
     }
 
 

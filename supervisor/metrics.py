@@ -34,6 +34,10 @@ BREAKER_STATES = ("closed", "open", "half_open")
 COMMON_COUNTERS = {
     "bad_messages": ("catalyst_actor_bad_messages", "Malformed frames an actor refused"),
     "failed_commands": ("catalyst_actor_failed_commands", "Control commands that failed"),
+    "curve_refused": ("catalyst_actor_curve_refused_peers",
+                      "tcp peers refused: their key is not in curve.public_keys_dir"),
+    "curve_handshake_failed": ("catalyst_actor_curve_handshake_failures",
+                               "tcp peers refused in the CurveZMQ handshake (no or wrong keys)"),
 }
 
 # Per kind: stat name -> (metric name, help). Counters get ``_total`` from the client.
@@ -365,6 +369,10 @@ class SupervisorCollector:
                 out.add(GaugeMetricFamily, "catalyst_feed_stale",
                         "1 while the feed has brought nothing new for too long", label,
                         1.0 if s["stale"] else 0.0)
+            if isinstance(s.get("paused"), bool):
+                out.add(GaugeMetricFamily, "catalyst_feed_paused",
+                        "1 while an operator has the feed paused (not polled)", label,
+                        1.0 if s["paused"] else 0.0)
             for key, name, doc in (
                     ("items_total", "catalyst_feed_items", "Items the feed gave"),
                     ("stale_total", "catalyst_feed_stale_items", "Items too old to alert"),
@@ -435,10 +443,15 @@ def _merge_histogram(merged: dict, key: str, h: Any) -> None:
         have["count"] += h["count"]
 
 
-def start_metrics(sup):
+def registry_of(sup) -> CollectorRegistry:
+    """The supervisor's metrics, read at scrape time (its own port, and the console's)."""
     registry = CollectorRegistry()
     registry.register(SupervisorCollector(sup))
+    return registry
+
+
+def start_metrics(sup):
     cfg = sup.config.supervisor
     server, _thread = start_http_server(cfg.metrics_port, addr=cfg.metrics_host,
-                                        registry=registry)
+                                        registry=registry_of(sup))
     return server

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 # Paths a reload cannot apply.
-NEEDS_RESTART = ("run_dir", "data_dir", "log_dir", "endpoints", "supervisor", "llm.provider")
+NEEDS_RESTART = ("run_dir", "data_dir", "log_dir", "endpoints", "curve", "host", "peers",
+                 "supervisor", "console", "llm.provider")
 # What a fetcher applies in place (its reconfigure command), without a restart.
 IN_PLACE = ("feeds", "poll_interval_s", "sec_user_agent")
 

@@ -7,6 +7,7 @@ socket, the CLI socket and every process sentinel, so a crash is seen at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -21,9 +22,10 @@ import zmq
 
 from actors import KINDS, Kind, preload_modules, protocol
 from actors.base import EXIT_LOCKED, ActorSpec, Dropped, actor_main
-from actors.errors import (CommandError, ProtocolError, StoreLockedError,
+from actors.errors import (CommandError, ConfigError, ProtocolError, StoreLockedError,
                            StoreUnavailableError)
 from actors.storage import FileLock
+from actors.transport import Transport
 from supervisor import control, systemd
 from supervisor.admin import AdminNotifier
 from supervisor.handle import ActorHandle, ActorState, describe_exit
@@ -85,7 +87,9 @@ class Supervisor:
         self.config = config
         self.sup = config.supervisor
         self.max_cycles = max_cycles
-        self.kinds = tuple(sorted(kinds, key=lambda k: k.start_rank))
+        # This host's share of the pipeline (host.roles); the other kinds run elsewhere.
+        self.kinds = tuple(sorted((k for k in kinds if config.runs(k.name)),
+                                  key=lambda k: k.start_rank))
         self.started = time.monotonic()
         self.started_wall = time.time()
         # Loaded once in the fork server so an actor starts in milliseconds.
@@ -112,6 +116,7 @@ class Supervisor:
         self.admin = AdminNotifier(config)
         self.notifier = systemd.Notifier.from_environment()
         self.metrics_server = None
+        self.console = None
 
     # Setup --------------------------------------------------------------
 
@@ -125,15 +130,17 @@ class Supervisor:
         os.chmod(data_dir, 0o700)
         self.lock = FileLock(data_dir / "supervisor.lock")  # raises StoreLockedError
         self.zctx = zmq.Context()
+        # tcp:// binds are CurveZMQ servers; refused peers count among the dropped messages.
+        self.transport = Transport(cfg, self.zctx, self.dropped.counts, "supervisor")
         self.control_sock = self.zctx.socket(zmq.ROUTER)
         self.control_sock.setsockopt(zmq.LINGER, 0)
         self.control_sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
         self.control_sock.setsockopt(zmq.MAXMSGSIZE, protocol.SOCKET_MAX_BYTES)
-        self.control_sock.bind(cfg.endpoint("control"))
+        self.transport.bind(self.control_sock, cfg.endpoint("control"))
         cli_sock = self.zctx.socket(zmq.ROUTER)
         cli_sock.setsockopt(zmq.LINGER, 0)
         cli_sock.setsockopt(zmq.MAXMSGSIZE, protocol.SOCKET_MAX_BYTES)
-        cli_sock.bind(cfg.endpoint("cli"))
+        self.transport.bind(cli_sock, cfg.endpoint("cli"))
         self.operator = control.ControlChannel(self, cli_sock, self.dropped)
         self.control_codec = protocol.Codec(protocol.Heartbeat, protocol.AdminEvent,
                                             protocol.Answer)
@@ -147,7 +154,15 @@ class Supervisor:
         if self.sup.metrics_port:
             from supervisor.metrics import start_metrics
 
-            self.metrics_server = start_metrics(self)
+            with _listening("supervisor.metrics_port", self.sup.metrics_host,
+                            self.sup.metrics_port):
+                self.metrics_server = start_metrics(self)
+        if cfg.console.port:
+            from supervisor.console import Console
+
+            with _listening("console.port", cfg.console.host, cfg.console.port):
+                self.console = Console(self)
+            self.console.start()
 
     def _on_signal(self, signum, _frame) -> None:
         self.stop_requested = signal.Signals(signum).name
@@ -401,6 +416,8 @@ class Supervisor:
             self._sample(now)
             self._next_sample = now + self.sup.memory_check_interval_s
         self._check_hangs(now)
+        if self.console:
+            self.console.tick(now)
         self.operator.expire(now)
         self._escalate_stops(now)
         self._start_due(now)
@@ -410,6 +427,8 @@ class Supervisor:
         due = [self._next_ping, self._next_sample]
         due += [h.restart_at for h in self.handles.values() if h.restart_at]
         due += self.operator.deadlines()
+        if self.console:
+            due.append(self.console.next_publish)
         if any(h.stop_sent_at for h in self.handles.values() if h.alive):
             due.append(now + 0.1)
         return max(0.0, min(due) - now)
@@ -450,7 +469,7 @@ class Supervisor:
 
     def _cycles_finished(self) -> bool:
         counting = [h for h in self.handles.values() if h.kind.counts_cycles]
-        return all(h.stats.get("finished") for h in counting if h.state != ActorState.FAILED)
+        return bool(counting) and all(h.stats.get("finished") for h in counting if h.state != ActorState.FAILED)
 
     # Stopping -----------------------------------------------------------
 
@@ -530,7 +549,9 @@ class Supervisor:
 
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
-        return {"supervisor": {"pid": os.getpid(), "uptime_s": round(now - self.started, 3),
+        return {"supervisor": {"pid": os.getpid(), "host": self.config.host_name(),
+                               "roles": [k.name for k in self.kinds],
+                               "uptime_s": round(now - self.started, 3),
                                "state": "stopping" if self.shutting_down else "running",
                                "config": self.config.source,
                                "dropped_messages": dict(self.dropped.counts)},
@@ -544,14 +565,29 @@ class Supervisor:
         signal.set_wakeup_fd(-1)
         if self.metrics_server:
             self.metrics_server.shutdown()
+        if self.console:
+            self.console.close()
         self.admin.close()
         self.zctx.destroy(linger=0)
         self.lock.release()
 
 
+@contextlib.contextmanager
+def _listening(key: str, host: str, port: int):
+    """A port that cannot be listened on (in use, not allowed) is a configuration error."""
+    try:
+        yield
+    except OSError as exc:
+        raise ConfigError(key, f"cannot listen on {host}:{port}: "
+                               f"{exc.strerror or exc}") from None
+
+
 def run_supervisor(config, **kwargs) -> int:
     try:
         return Supervisor(config, **kwargs).run()
+    except ConfigError as exc:
+        log.error("%s", exc)
+        return 2
     except StoreLockedError as exc:
         log.error("%s", exc)
         return 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,8 @@ from catalyst_config import config_from_dict
 from supervisor.demo_server import QuietHTTPServer
 from tests.hostile_server import HostileServer
 from tests.waiting import wait_for  # noqa: F401  (tests import it from here)
+
+pytest_plugins = ("tests.pg_server",)  # the pg_server and pg_dsn fixtures (a real PostgreSQL)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -94,6 +97,13 @@ def wire():
 # Running the real thing -------------------------------------------------------------
 
 
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def base_config(workdir: Path, feeds: list[dict], **overrides) -> dict:
     cfg = {
         "run_dir": "run", "data_dir": "data", "log_dir": "log",
@@ -111,6 +121,7 @@ def base_config(workdir: Path, feeds: list[dict], **overrides) -> dict:
                        "drain_timeout_s": 20.0, "metrics_port": 0,
                        "restart": {"backoff_initial_s": 0.05, "backoff_max_s": 0.5,
                                    "max_restarts": 20, "period_s": 60}},
+        "console": {"port": 0},
     }
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):

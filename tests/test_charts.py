@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gc
 import json
-import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -24,6 +23,7 @@ from actors.charts.prices import (
 from actors.charts.render import render_chart
 from catalyst_config import ChartsConfig
 from supervisor.demo_server import DemoFeedServer
+from tests.conftest import free_port
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 HEADLINE = ("Acme Biosciences Receives FDA Approval of ZELVANTRA (acmetinib) for Relapsed "
@@ -223,12 +223,6 @@ def test_provider_turns_every_failure_into_no_chart(canned):
     assert stats["ok"] == 1 and stats["not_found"] == 1 and stats["failed"] == 1
     assert stats["bad_payload"] == 2 and stats["too_large"] == 2 and stats["bad_ticker"] == 1
 
-
-def free_port() -> int:
-    """A port that nothing listens on (bound, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_provider_gives_up_on_a_dead_server_quickly():

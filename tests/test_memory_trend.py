@@ -15,10 +15,10 @@ import pytest
 
 from supervisor.watch import (BYTES_PER_LIVE_KEY, MemoryHistory, ProcessSampler, Sample,
                              robust_slope_mb_per_min)
-from tests.conftest import ROOT, base_config, wait_for
+from tests.conftest import ROOT, base_config, free_port, wait_for
 from tests.test_delivery import assert_each_alerted_once
 from tests.test_pipeline import make_items
-from tests.test_supervision import _free_port, quiet_config, restarted
+from tests.test_supervision import quiet_config, restarted
 
 GROWER = "tests.memory_actors:AnonGrower"
 MAPPER = "tests.memory_actors:FileMapper"
@@ -108,7 +108,7 @@ def test_dedupe_key_index_costs_the_stated_bytes_per_live_key():
 
 def test_file_backed_memory_is_neither_a_leak_nor_over_the_limit_but_anonymous_is(
         run_supervisor, workdir):
-    port = _free_port()
+    port = free_port()
     cfg = quiet_config(workdir, leak={"window_s": 8, "max_growth_mb_per_min": 30},
                        metrics_port=port)
     running = run_supervisor(cfg, extra_kinds=[

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 import urllib.parse
@@ -16,7 +15,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import base_config, wait_for
+from tests.conftest import base_config, free_port, wait_for
 from tests.fake_discord import FakeDiscord
 from tests.test_pipeline import make_items
 
@@ -24,11 +23,6 @@ PROMETHEUS_START_S = 60  # a cold prometheus on 2 busy cores takes a few seconds
 SINK = "discord:DISCORD_WEBHOOK_URL"
 ALERTS = 8
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def scrape(port: int) -> str:

@@ -20,7 +20,7 @@ import pytest
 
 from actors import protocol
 from actors.classification.cache import AnalysisCache, open_llm_db
-from actors.errors import StoreUnavailableError
+from actors.errors import SinkError, StoreUnavailableError
 from actors.protocol import Item
 from actors.seen_store import SqliteSeenStore
 from actors.sinks import JsonlSink
@@ -284,6 +284,18 @@ def test_files_the_service_writes_are_private(tmp_path):
             sink.close()
     finally:
         os.umask(old_umask)
+
+
+def test_a_jsonl_file_that_cannot_be_opened_fails_deliveries_until_it_can(tmp_path):
+    (tmp_path / "blocked").write_text("a file where the sink's directory should be")
+    sink = JsonlSink(tmp_path / "blocked" / "alerts.jsonl")  # no exception: the actor lives
+    with pytest.raises(SinkError, match="cannot open: Not a directory"):
+        sink.deliver({"key": "k1"})
+    assert sink.mark() is None
+    (tmp_path / "blocked").unlink()
+    sink.deliver({"key": "k1"})  # opened on the next try
+    assert (tmp_path / "blocked" / "alerts.jsonl").read_text() == '{"key":"k1"}\n'
+    sink.close()
 
 
 # A full disk -------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import urllib.request
 
 import psutil
 
-from tests.conftest import base_config, wait_for
+from tests.conftest import base_config, free_port, wait_for
 
 IDLE = "tests.fault_actors:IdleActor"
 LEAKY = "tests.fault_actors:LeakyActor"
@@ -160,14 +160,8 @@ def test_systemd_gets_ready_watchdog_and_stopping(run_supervisor, workdir):
     sock.close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_prometheus_metrics_show_memory_up_and_restarts(run_supervisor, workdir):
-    port = _free_port()
+    port = free_port()
     running = run_supervisor(quiet_config(workdir, metrics_port=port))
     wait_for(running.all_running, 30, message="all running")
     os.kill(running.actor("alert-0")["pid"], signal.SIGKILL)

@@ -22,12 +22,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.conftest import wait_for
+from tests.conftest import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -184,6 +186,7 @@ def _run_sandboxed(tmp_path, wire, exec_start, venv, user, home, dirs):
     data["feeds"] = [{"name": "sandbox", "kind": "pr", "url": url}]
     data["fetch"]["first_poll"] = "alert"
     data["supervisor"]["metrics_port"] = 0
+    console_port = data["console"]["port"] = free_port()
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(data))
     os.chmod(tmp_path, 0o755)
     # The notify socket, as systemd's: the service's user may reach and write to it.
@@ -208,6 +211,10 @@ def _run_sandboxed(tmp_path, wire, exec_start, venv, user, home, dirs):
         pid = _service_pid(proc)
         _read_until(notify, seen, "READY=1", 60)
         wait_for(lambda: wire.hits.get("/sandbox.xml", 0) >= 1, 30, message="the wire fetched")
+        # The probes a load balancer or a health check asks, answered from inside the sandbox.
+        wait_for(lambda: _probe(console_port, "/ready") == 200, 30, interval=0.2,
+                 message="/ready answering 200 from the sandboxed service")
+        assert _probe(console_port, "/health") == 200
         _read_until(notify, seen, "WATCHDOG=1", 10)
         os.kill(pid, 15)
         _read_until(notify, seen, "STOPPING=1", 30)
@@ -226,6 +233,16 @@ def _run_sandboxed(tmp_path, wire, exec_start, venv, user, home, dirs):
     files = out.split("FILES ", 1)[1]
     # seen.db and kin, written by the service's user, private (UMask=0077 and our own modes).
     assert "600 " in files and user in files and "seen.db" in files, files
+
+
+def _probe(port: int, path: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as res:
+            return res.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return 0
 
 
 def _service_pid(proc) -> int:

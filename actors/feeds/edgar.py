@@ -32,6 +32,7 @@ class EdgarGate:
 
     def __init__(self, max_rps: float, instances: int, *, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
+        self.max_rps = max_rps
         self.interval_s = max(1, instances) / max_rps * (1.0 + EDGAR_PACING_MARGIN)
         self.clock = clock
         self.sleep = sleep
@@ -40,6 +41,14 @@ class EdgarGate:
         self.backoff_until = 0.0
         self.requests = 0
         self.rate_limited = 0
+
+    def share(self, fraction: float) -> None:
+        """This fetcher's share of all EDGAR feeds (several hosts: the ones whose leases
+        it holds): its pace is that share of the fair-access rate, so all hosts together
+        stay under it."""
+        base = self.max_rps * min(1.0, max(fraction, 1e-6))
+        with self._lock:
+            self.interval_s = 1.0 / base * (1.0 + EDGAR_PACING_MARGIN)
 
     def acquire(self) -> None:
         """Wait for this request's turn; BackingOff when the host is backed off."""
