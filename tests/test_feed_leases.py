@@ -137,3 +137,40 @@ def test_a_clean_stop_hands_the_feeds_over_at_once(wire, run_supervisor, workdir
     assert a.wait_exit(60) == 0
     b.cli("stop")
     assert b.wait_exit(60) == 0
+
+
+def test_roles_split_the_pipeline_over_two_hosts_and_a_killed_actor_loses_nothing(
+        wire, run_supervisor, workdir):
+    """Host "ingest" runs fetcher and dedupe, host "deliver" llm and alert; they talk over
+    tcp:// under CurveZMQ (one certificate: both stand on 127.0.0.1 here)."""
+    from tests.test_curve import allow, free_ports, make_keys
+
+    published = make_items("split", 8)
+    feeds = [{"name": "split", "kind": "pr",
+              "url": wire.serve_feed("/split.xml", lambda: list(published))}]
+    secret, public = make_keys(workdir / "curve", "127.0.0.1")
+    curve = {"secret_key": str(secret), "public_keys_dir": str(allow(workdir / "allowed", public))}
+    rpc, acks, llm_in, alert_in = (f"tcp://127.0.0.1:{p}" for p in free_ports(1, 1, 1, 1))
+    ingest = base_config(workdir, feeds, host={"name": "ingest", "roles": ["fetcher", "dedupe"]},
+                         endpoints={"dedupe_rpc": rpc, "dedupe_acks": acks}, curve=curve,
+                         peers={"llm_in": [llm_in]})
+    deliver = base_config(workdir, feeds, host={"name": "deliver", "roles": ["llm", "alert"]},
+                          endpoints={"llm_in": llm_in, "alert_in": alert_in}, curve=curve,
+                          peers={"dedupe_acks": [acks]})
+    ingest.update(run_dir="ingest/run", data_dir="ingest/data", log_dir="ingest/log")
+    deliver.update(run_dir="deliver/run", data_dir="deliver/data", log_dir="deliver/log")
+    a = run_supervisor(ingest)
+    b = run_supervisor(deliver)
+    wait_for(lambda: len(b.alerts()) >= 8, 45, message="8 alerts through two hosts")
+    assert {x["name"] for x in a.status()["actors"]} == {"fetcher-0", "dedupe-0"}
+    assert {x["name"] for x in b.status()["actors"]} == {"llm-0", "alert-0"}
+    assert b.status()["supervisor"]["host"] == "deliver"
+
+    os.kill(b.actor("llm-0")["pid"], signal.SIGKILL)  # chaos on the delivering host
+    published.extend(make_items("split", 8, start=8))
+    wait_for(lambda: len(b.alerts()) >= 16, 45, message="8 more alerts after the kill")
+    for host in (a, b):  # the sources first: ingest drains what it holds
+        host.cli("stop")
+        assert host.wait_exit(60) == 0
+    keys = collections.Counter(x["key"] for x in b.alerts())
+    assert len(keys) == 16 and max(keys.values()) == 1
