@@ -184,6 +184,23 @@ def test_an_action_without_the_token_is_refused_and_with_it_is_done(
         """() => document.querySelector('tr[data-actor="alert-0"] [data-field="restarts"]')
                  .textContent.startsWith("1 (manual 1)")""", timeout=20_000)
     assert running.actor("alert-0")["last_restart_reason"] == "manual"
+
+    # Pause a feed from the page; the pause outlives a restart of the fetcher.
+    page.locator('tr[data-feed="alpha"] button').click()
+    page.wait_for_selector('tr[data-feed="alpha"] [data-field="status"]:text-is("paused")',
+                           timeout=10_000)
+    page.locator('tr[data-actor="fetcher-0"] button').click()
+    page.wait_for_function(
+        """() => document.querySelector('tr[data-actor="fetcher-0"] [data-field="restarts"]')
+                 .textContent.startsWith("1 (manual 1)")""", timeout=20_000)
+    page.wait_for_selector('tr[data-actor="fetcher-0"] td[data-field="state"]:text-is("running")',
+                           timeout=20_000)
+    hits = wire.hits.get("/alpha.xml", 0)
+    beta = wire.hits.get("/beta.xml", 0)
+    wait_for(lambda: wire.hits.get("/beta.xml", 0) >= beta + 3, 20,
+             message="the other feed polled three more times")
+    assert wire.hits.get("/alpha.xml", 0) == hits  # still paused after the restart
+    assert page.locator('tr[data-feed="alpha"] [data-field="status"]').inner_text() == "paused"
     page.close()
 
 
@@ -238,6 +255,28 @@ def test_dead_letters_are_listed_and_replayed_from_the_page(browser, wire, run_s
 
 
 # Probes and refusals over plain HTTP ----------------------------------------------
+
+
+def test_a_disabled_sink_makes_the_service_not_ready_and_says_which(wire, run_supervisor,
+                                                                    workdir):
+    from tests.fake_discord import FakeDiscord
+
+    with FakeDiscord() as discord:
+        good = discord.add_webhook()
+        revoked = good.rsplit("/", 1)[0] + "/not-the-token"  # Discord answers 401: disabled
+        running, port = console_system(wire, run_supervisor, workdir,
+                                       sinks=[{"type": "jsonl", "path": "alerts.jsonl"},
+                                              {"type": "discord",
+                                               "webhook_url_env": "DISCORD_WEBHOOK_URL"}],
+                                       extra_env={"DISCORD_WEBHOOK_URL": revoked})
+        status, ready = wait_for(
+            lambda: (r := get(port, "/ready"))[0] == 503
+            and any("is disabled" in reason for reason in r[1]["reasons"]) and r, 30,
+            interval=0.2, message="/ready naming the disabled sink")
+        assert [r for r in ready["reasons"] if "disabled" in r] == [
+            next(f"sink {s['name']} is disabled" for s in get(port, "/api/snapshot")[1]["sinks"]
+                 if s.get("disabled"))]
+        assert "not-the-token" not in json.dumps(ready)
 
 
 def test_health_ready_and_metrics_answer_probes(wire, run_supervisor, workdir):
