@@ -39,11 +39,22 @@ The contract each backend keeps, and what dedupe relies on:
 from __future__ import annotations
 
 import hashlib
+
+import msgspec
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Protocol
 
 from actors.protocol import Item
+
+_item_decoder = msgspec.msgpack.Decoder(Item)
+
+
+def dead_letter(attempts: int, died_at: float, payload: bytes) -> dict:
+    """A dead letter as the operator sees it (dead-letters, the console), from its row."""
+    item = _item_decoder.decode(payload)
+    return {"key": item.key, "title": item.title, "source": item.source, "link": item.link,
+            "attempts": attempts, "died_at": died_at}
 
 # An item the next stage could not take yet (the llm inbox not there) is tried again this
 # soon, by every backend.

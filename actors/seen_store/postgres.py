@@ -64,8 +64,8 @@ import psycopg
 from actors.errors import CommandError, StoreUnavailableError
 from actors.protocol import Item
 from actors.seen_store.base import (DEAD, OUTCOMES, PENDING, SEEN, STATE_NAMES, UNSENT_RETRY_S,
-                                    DueResult, Redelivery, key_hash)
-from actors.storage.postgres import PgSession, open_schema
+                                    DueResult, Redelivery, dead_letter, key_hash)
+from actors.storage.postgres import PgSession, open_schema, purge_in_batches
 
 if TYPE_CHECKING:
     from catalyst_config.schema import PostgresConfig
@@ -435,12 +435,7 @@ class PostgresSeenStore:
             return total, rows
 
         total, rows = self._run(read)
-        out = []
-        for attempts, died_at, payload in rows:
-            item = _item_decoder.decode(payload)
-            out.append({"key": item.key, "title": item.title, "source": item.source,
-                        "link": item.link, "attempts": attempts, "died_at": died_at})
-        return total, out
+        return total, [dead_letter(*row) for row in rows]
 
     def replay_dead(self, keys: list[str] | None = None) -> int:
         params: dict[str, Any] = {"lease": UNSENT_RETRY_S}
@@ -462,14 +457,9 @@ class PostgresSeenStore:
         purge_batch rows, each its own transaction, at most purge_max_batches a call."""
         cutoff = (time.time() if now is None else now) - self.ttl_s
         params = {"cutoff": cutoff, "batch": self.cfg.purge_batch}
-        total = 0
-        self.purge_incomplete = False
-        for _ in range(self.cfg.purge_max_batches):
-            gone = self._run(lambda conn: conn.execute(PURGE, params).rowcount)
-            total += gone
-            if gone < self.cfg.purge_batch:
-                return total
-        self.purge_incomplete = True
+        total, self.purge_incomplete = purge_in_batches(
+            lambda: self._run(lambda conn: conn.execute(PURGE, params).rowcount),
+            self.cfg.purge_batch, self.cfg.purge_max_batches)
         return total
 
     def probe(self) -> None:

@@ -43,7 +43,7 @@ import msgspec
 
 from actors.protocol import Item
 from actors.seen_store.base import (DEAD, OUTCOMES, PENDING, SEEN, STATE_NAMES, UNSENT_RETRY_S,
-                                    DueResult, Redelivery, key_hash)
+                                    DueResult, Redelivery, dead_letter, key_hash)
 from actors.storage import FileLock, faults_as_unavailable, open_checked, probe, transaction
 from actors.storage.sqlite import Schema, backup
 
@@ -415,12 +415,7 @@ class SqliteSeenStore:
                                     ).fetchone()[0]
             rows = self.db.execute("SELECT attempts, seen_at, payload FROM ledger WHERE state = ? "
                                    "ORDER BY seen_at DESC LIMIT ?", (DEAD, limit)).fetchall()
-        out = []
-        for attempts, died_at, payload in rows:
-            item = _item_decoder.decode(payload)
-            out.append({"key": item.key, "title": item.title, "source": item.source,
-                        "link": item.link, "attempts": attempts, "died_at": died_at})
-        return total, out
+        return total, [dead_letter(*row) for row in rows]
 
     def replay_dead(self, keys: list[str] | None = None) -> int:
         """Makes dead letters pending again with a fresh count of attempts, due at once

@@ -57,7 +57,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from actors.errors import CommandError, StoreUnavailableError
-from actors.storage.postgres import PgSession, open_schema
+from actors.storage.postgres import PgSession, open_schema, purge_in_batches
 
 if TYPE_CHECKING:
     from catalyst_config.schema import PostgresConfig
@@ -221,14 +221,9 @@ class PostgresAlertJournal:
         purge_max_batches a call (purge_incomplete: more is left)."""
         params = {"cutoff": (time.time() if now is None else now) - self.ttl_s,
                   "batch": self.cfg.purge_batch}
-        total = 0
-        self.purge_incomplete = False
-        for _ in range(self.cfg.purge_max_batches):
-            gone = self.session.run(lambda conn: conn.execute(PURGE, params).rowcount)
-            total += gone
-            if gone < self.cfg.purge_batch:
-                return total
-        self.purge_incomplete = True
+        total, self.purge_incomplete = purge_in_batches(
+            lambda: self.session.run(lambda conn: conn.execute(PURGE, params).rowcount),
+            self.cfg.purge_batch, self.cfg.purge_max_batches)
         return total
 
     def probe(self) -> None:

@@ -166,6 +166,20 @@ class PgSession:
         self.run(lambda conn: conn.execute(PROBE))
 
 
+def purge_in_batches(delete_batch: Callable[[], int], batch: int,
+                     max_batches: int) -> tuple[int, bool]:
+    """Runs delete_batch (one transaction deleting at most `batch` rows) until a batch
+    comes back short or max_batches ran; returns (rows deleted, whether more is left), so
+    a large backlog never holds one long transaction."""
+    total = 0
+    for _ in range(max_batches):
+        gone = delete_batch()
+        total += gone
+        if gone < batch:
+            return total, False
+    return total, True
+
+
 def open_schema(conn: psycopg.Connection, *, label: str, component: str, version: int,
                 schema: str, migrations: dict[int, str]) -> None:
     """Creates component's tables (schema, at version) or migrates them (migrations[n]
