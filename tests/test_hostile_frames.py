@@ -205,12 +205,13 @@ def _well_formed_and_dangerous(frame: bytes, actors: set[str]) -> bool:
         req = protocol.Codec(protocol.Request).decode(frame)
     except Exception:
         return False
-    if req.command == "reload":
+    if req.command in ("reload", "pause", "resume"):
         return True
     if req.command == "stop":
         return not req.args
     if req.command == "restart":
-        return set(req.args) == {"name"} and req.args["name"] in actors
+        name = req.args.get("name")
+        return set(req.args) == {"name"} and isinstance(name, str) and name in actors
     if req.command == "dead_letters" and "replay" in req.args:
         replay = req.args["replay"]
         return replay == "all" or (isinstance(replay, list)

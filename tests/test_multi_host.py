@@ -30,11 +30,13 @@ import time
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
+import psutil
 import psycopg
 import pytest
 import yaml
 
 from actors.feeds.keys import normalise_link
+from actors.feeds.leases import RENEW_FRACTION
 from supervisor.cli import main as cli_main
 from supervisor.demo_server import QuietHTTPServer
 from tests import netns, pg_server
@@ -43,10 +45,6 @@ from tests.test_delivery import assert_each_alerted_once
 from tests.test_pipeline import make_items
 
 pytestmark = pytest.mark.soak  # about two minutes
-
-import dataclasses
-from catalyst_config.schema import FetchConfig
-_LEASES = "feed_lease_s" in {f.name for f in dataclasses.fields(FetchConfig)}  # TEMP
 
 HOSTS = ("a", "b")
 KINDS = ("fetcher", "dedupe", "llm", "alert")
@@ -58,11 +56,14 @@ POLL_S = 0.3  # base_config's poll_interval_s
 FEED_LEASE_S = 3.0  # fetch.feed_lease_s: a dead host's feeds are free again after this
 ITEM_LEASE_S = 3.0  # dedupe.lease_s: an item not acknowledged is sent again after this
 DELIVERY_LEASE_S = 3.0  # a dead alert actor's hold on a delivery under way, in the journal
-# Scheduling and lease renewal on a loaded 2-core machine: the handover bound is
-# FEED_LEASE_S + POLL_S + this.
-HANDOVER_SLACK_S = 2.0
+# The handover bound is FEED_LEASE_S + POLL_S + this: the surviving fetcher asks for its
+# feeds every third of a lease (actors/feeds/leases.py), plus a second of scheduling on
+# a loaded 2-core machine.
+HANDOVER_SLACK_S = FEED_LEASE_S * RENEW_FRACTION + 1.0
 PUBLISH_EVERY_S = 0.2  # one new item on one of the wires (in turn) this often
-CHAOS_KILLS = [(h, k) for h in HOSTS for k in KINDS]  # each kind on each host, once
+# Each kind on each host, and a PostgreSQL backend on db: once a round, in a random order.
+CHAOS_KILLS = [(h, k) for h in HOSTS for k in KINDS] + [("db", "postgres")]
+CHAOS_ROUNDS = 2
 SETTLE_S = 3 * FEED_LEASE_S  # after host a is back: a window in which feeds must settle
 START_TIMEOUT_S = 60.0
 ALERT_TIMEOUT_S = 90.0
@@ -162,7 +163,7 @@ class Host:
         curve = self.folder / "curve"
         cfg = base_config(
             self.folder, feeds,
-            fetch={"feed_lease_s": FEED_LEASE_S} if _LEASES else {},
+            fetch={"feed_lease_s": FEED_LEASE_S},
             dedupe={"backend": "postgres", "lease_s": ITEM_LEASE_S, "max_attempts": 1000,
                     "postgres": {"due_poll_s": 0.2, "delivery_lease_s": DELIVERY_LEASE_S}},
             endpoints={name: f"tcp://{me}:{port}" for name, port in PORTS.items()},
@@ -203,6 +204,43 @@ class Host:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return "(no log)"
+
+
+def sigkill_actor(host: Host, name: str) -> str:
+    """SIGKILL one actor of a host (its pid from `status --json` on that host); waits for
+    its supervisor to have it running again."""
+    pid = wait_for(lambda: (host.actors().get(name) or {}).get("pid"), 20, interval=0.3,
+                   message=f"{name}'s pid on host {host.name}")
+    os.kill(pid, signal.SIGKILL)
+    what = f"SIGKILL of {name} on host {host.name} (pid {pid})"
+    print(f"{time.monotonic():.2f} {what}")
+    wait_for(lambda: (x := host.actors().get(name)) and x["state"] == "running"
+             and x["pid"] != pid, 30, interval=0.3,
+             message=f"{name} restarted on host {host.name}")
+    return what
+
+
+def sigkill_server_process(net: netns.Network, pg: pg_server.PgServer,
+                           rng: random.Random) -> str:
+    """SIGKILL one PostgreSQL backend serving a host: the server then ends every session
+    and recovers, as after a crash of the server; waits until it accepts connections."""
+    pids = subprocess.run(["ip", "netns", "pids", net.ns("db")], capture_output=True,
+                          text=True, timeout=20, check=True).stdout.split()
+    serving = []
+    for pid in pids:
+        try:
+            title = " ".join(psutil.Process(int(pid)).cmdline())
+        except psutil.Error:
+            continue
+        if f" {netns.SUBNET}." in title:  # "postgres: catalyst postgres 10.231.7.1(port) idle"
+            serving.append((int(pid), title))
+    assert serving, "no PostgreSQL backend serves a host"
+    pid, title = rng.choice(serving)
+    os.kill(pid, signal.SIGKILL)
+    what = f"SIGKILL of PostgreSQL's {title!r} (pid {pid})"
+    print(f"{time.monotonic():.2f} {what}")
+    wait_for(pg.ready, 60, interval=0.2, message="PostgreSQL back after the crash")
+    return what
 
 
 def alerted(hosts: list[Host]) -> list[dict]:
@@ -299,7 +337,7 @@ def test_two_hosts_under_chaos_alert_each_item_once_and_hand_over_a_dead_hosts_f
             make_keys(workdir, hosts)
             a.configure(wires.feeds(), b)
             b.configure(wires.feeds(), a)
-            run_it(pg, wires, publisher, a, b, rng, password)
+            run_it(net, pg, wires, publisher, a, b, rng, password)
         finally:
             publisher.stop()
             for host in HOSTS:  # before the database goes (the network's close would too)
@@ -309,7 +347,7 @@ def test_two_hosts_under_chaos_alert_each_item_once_and_hand_over_a_dead_hosts_f
     print(f"run time {time.monotonic() - began:.1f} s")
 
 
-def run_it(pg, wires: Wires, publisher: Publisher, a: Host, b: Host,
+def run_it(net: netns.Network, pg, wires: Wires, publisher: Publisher, a: Host, b: Host,
            rng: random.Random, password: str) -> None:
     hosts = [a, b]
     # Host a first, so it holds the feeds' leases when b arrives: then a's death has
@@ -324,38 +362,36 @@ def run_it(pg, wires: Wires, publisher: Publisher, a: Host, b: Host,
     publisher.start()
     wait_alerted(hosts, publisher.keys[:8], "the first items alerted over both hosts")
 
-    # Chaos: each kind of actor SIGKILLed once on each host, in a random order, each
-    # restarted by its supervisor while the wires keep publishing.
-    chaos = list(CHAOS_KILLS)
-    rng.shuffle(chaos)
-    for host, kind in chaos:
-        target = {"a": a, "b": b}[host]
-        name = f"{kind}-0"
-        pid = wait_for(lambda: (target.actors().get(name) or {}).get("pid"), 20,
-                       interval=0.3, message=f"{name}'s pid on host {host}")
-        os.kill(pid, signal.SIGKILL)
-        print(f"{time.monotonic():.2f} SIGKILL {name} on host {host} (pid {pid})")
-        wait_for(lambda: (x := target.actors().get(name)) and x["state"] == "running"
-                 and x["pid"] != pid, 30, interval=0.3,
-                 message=f"{name} restarted on host {host}")
-        wait_alerted(hosts, list(publisher.keys), f"items published up to the kill of "
-                     f"{name} on host {host}")
+    # Chaos on every host while the wires keep publishing: each kind of actor SIGKILLed
+    # on each host (its supervisor restarts it), and a PostgreSQL server process on db,
+    # in a random order, CHAOS_ROUNDS times; after each, everything published so far is
+    # alerted before the next.
+    for _ in range(CHAOS_ROUNDS):
+        chaos = list(CHAOS_KILLS)
+        rng.shuffle(chaos)
+        for host, kind in chaos:
+            if host == "db":
+                what = sigkill_server_process(a.net, pg, rng)
+            else:
+                what = sigkill_actor({"a": a, "b": b}[host], f"{kind}-0")
+            wait_alerted(hosts, list(publisher.keys), f"items published up to the {what}")
 
     # Host a dies whole: its supervisor and every actor, SIGKILL.
     held_by_a = [f for f in FEEDS if (p := wires.polls(f)) and p[-1][1] == a.address]
     killed_at = time.monotonic()
-    a.net.kill("a")
+    net.kill("a")
     print(f"{killed_at:.2f} host a killed; it was polling {held_by_a}")
     wait_for(lambda: all(any(ts > killed_at and h == b.address for ts, h in wires.polls(f))
                          for f in FEEDS), FEED_LEASE_S + 30, interval=0.2,
              message="host b polling every feed after host a died")
     wait_alerted(hosts, list(publisher.keys), "items published while host a was dead")
-    gaps = {}
+    gaps, after_kill = {}, {}  # b's first poll: after a's last one, after the kill
     for feed in held_by_a:
         polls = wires.polls(feed)
         last_a = max(ts for ts, h in polls if h == a.address and ts <= killed_at)
         first_b = min(ts for ts, h in polls if h == b.address and ts > killed_at)
         gaps[feed] = first_b - last_a
+        after_kill[feed] = first_b - killed_at
 
     # Host a comes back on the same data directory.
     a.start()
@@ -393,11 +429,17 @@ def run_it(pg, wires: Wires, publisher: Publisher, a: Host, b: Host,
     bound = FEED_LEASE_S + POLL_S + HANDOVER_SLACK_S
     print(f"RESULT items={len(publisher.keys)} alerted_a={per_host['a']} "
           f"alerted_b={per_host['b']} feed_lease_s={FEED_LEASE_S} bound_s={bound:.1f} "
-          + " ".join(f"gap_{f}_s={g:.2f}" for f, g in gaps.items()))
+          + " ".join(f"gap_{f}_s={g:.2f}" for f, g in gaps.items())
+          + " " + " ".join(f"after_kill_{f}_s={g:.2f}" for f, g in after_kill.items()))
     assert held_by_a, "host a polled no feed when it was killed: nothing was handed over"
     assert all(g <= bound for g in gaps.values()), gaps
     assert all(len(c) == 1 for c in settled.values()), settled  # one poller a feed
     assert all(sum(c.values()) >= 2 for c in settled.values()), settled  # still polled
+
+    crashes = pg.log_tail(10**7).count("was terminated by signal 9")
+    assert crashes >= CHAOS_ROUNDS, pg.log_tail()  # each backend SIGKILL made a crash
+    import shutil; shutil.copytree(a.folder.parent, "/tmp/mh-keep", dirs_exist_ok=True)  # TEMP
+    Path("/tmp/mh-keep/pg.log").write_text(pg.log_tail(10**7))  # TEMP
 
     # The database's password is in no log, status or file the hosts wrote.
     for host in hosts:
