@@ -178,8 +178,7 @@ def _backup(sup, args: dict) -> Any:
     if name not in files:
         raise CommandError(f"backup: file must be one of {', '.join(files)}, got {_shown(name)}")
     kind = owners[name]
-    h = next((h for h in sup.handles.values()
-              if h.kind.name == kind and h.state.value == "running"), None)
+    h = sup.running_actor(lambda k: k.name == kind)
     if h is None:
         raise CommandError(f"backup of {name}: no {kind} actor is running to copy it")
     token = sup.next_token()

@@ -365,10 +365,14 @@ class Supervisor:
         self.token += 1
         return self.token
 
+    def running_actor(self, wanted) -> ActorHandle | None:
+        """A running actor of a kind wanted(kind) accepts (any of its instances)."""
+        return next((h for h in self.handles.values()
+                     if wanted(h.kind) and h.state == ActorState.RUNNING), None)
+
     def ask_ledger(self, command: str, args: dict) -> control.Deferred:
         """Relays an operator's command to the running actor that holds the ledger."""
-        h = next((h for h in self.handles.values()
-                  if h.kind.holds_ledger and h.state == ActorState.RUNNING), None)
+        h = self.running_actor(lambda kind: kind.holds_ledger)
         if h is None:
             raise CommandError("no actor holding the ledger is running to ask")
         token = self.next_token()
