@@ -265,6 +265,7 @@ def test_a_disabled_sink_makes_the_service_not_ready_and_says_which(wire, run_su
         good = discord.add_webhook()
         revoked = good.rsplit("/", 1)[0] + "/not-the-token"  # Discord answers 401: disabled
         running, port = console_system(wire, run_supervisor, workdir,
+                                       overrides={"supervisor": {"drain_timeout_s": 1.0}},
                                        sinks=[{"type": "jsonl", "path": "alerts.jsonl"},
                                               {"type": "discord",
                                                "webhook_url_env": "DISCORD_WEBHOOK_URL"}],
