@@ -34,9 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import zmq
-from zmq.auth import load_certificate
 from zmq.utils import z85
-from zmq.utils.monitor import parse_monitor_message
 
 from actors.errors import ConfigError
 
@@ -60,6 +58,14 @@ FAILURE_CAUSES = {
     zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC: "a cryptographic error (it expects another server "
                                            "key for this host, or is not a peer at all)",
 }
+
+
+def load_certificate(path: Path) -> tuple[bytes, bytes | None]:
+    """zmq.auth's certificate reader, imported on first use: zmq.auth brings asyncio
+    (about 3 MB), which a process with only ipc:// endpoints never needs."""
+    from zmq.auth import load_certificate as load
+
+    return load(path)
 
 
 def is_tcp(endpoint: str) -> bool:
@@ -215,6 +221,8 @@ class ZapGuard:
 
     def _on_monitor(self, pair: zmq.Socket) -> bool:
         """One monitor event; True when the monitor has stopped (its socket closed)."""
+        from zmq.utils.monitor import parse_monitor_message
+
         event = parse_monitor_message(pair.recv_multipart())
         if event["event"] == zmq.EVENT_MONITOR_STOPPED:
             return True

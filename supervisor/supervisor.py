@@ -432,7 +432,7 @@ class Supervisor:
         due += [h.restart_at for h in self.handles.values() if h.restart_at]
         due += self.operator.deadlines()
         if self.console:
-            due.append(self.console.next_publish)
+            due.append(self.console.deadline(now))
         if any(h.stop_sent_at for h in self.handles.values() if h.alive):
             due.append(now + 0.1)
         return max(0.0, min(due) - now)

@@ -213,7 +213,8 @@ def test_feed_titles_are_shown_as_text_never_run_as_markup(browser, wire, run_su
                          "&amp;lt;/script&amp;gt;",
                 "link": "https://news.example.com/acme/1", "summary": "FDA approval granted."}]
     running, port = console_system(wire, run_supervisor, workdir, items=hostile)
-    title = wait_for(lambda: running.alerts() and running.alerts()[0]["title"], 30,
+    title = wait_for(lambda: next((a["title"] for a in running.alerts()
+                                   if a["source"] == "alpha"), None), 30,
                      message="the hostile item alerted")
     assert title.startswith("<img src=x onerror=window.__owned=1>")
     page = browser.new_page()

@@ -20,7 +20,8 @@ log = logging.getLogger("catalyst.console")
 
 
 class Console:
-    """Owned by the supervisor: tick() publishes a snapshot on the loop's schedule."""
+    """Owned by the supervisor: tick() beats on every turn of the loop and publishes a
+    snapshot on its schedule while one is wanted (server.Published)."""
 
     def __init__(self, sup):
         self.sup = sup
@@ -30,8 +31,7 @@ class Console:
         self.published = Published()
         # Binding here, at start: a port in use is an error the operator sees at once.
         self.server = ConsoleServer(sup.config, self.published, registry_of(sup), token)
-        self.thread = threading.Thread(target=self.server.serve_forever, name="console",
-                                       kwargs={"poll_interval": 0.5}, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve, name="console", daemon=True)
         self.next_publish = 0.0
         self.failures = 0
 
@@ -47,7 +47,8 @@ class Console:
                  f"disabled: {CONSOLE_TOKEN_ENV} is not set")
 
     def tick(self, now: float) -> None:
-        if now < self.next_publish:
+        self.published.beat(now)
+        if now < self.next_publish or not self.published.wanted(now):
             return
         self.next_publish = now + self.interval_s
         try:
@@ -57,8 +58,12 @@ class Console:
             if self.failures == 1:  # once: it would recur every interval
                 log.exception("console: the snapshot could not be built")
 
+    def deadline(self, now: float) -> float:
+        """When tick() next has work: the next snapshot while one is wanted."""
+        return self.next_publish if self.published.wanted(now) else float("inf")
+
     def close(self) -> None:
         self.published.close()
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
         self.thread.join(2.0)
+        self.server.server_close()

@@ -28,7 +28,9 @@ import hmac
 import http.server
 import json
 import logging
+import os
 import re
+import selectors
 import threading
 import time
 from importlib import resources
@@ -62,6 +64,10 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
+# Snapshots are built while asked for within this (a page open, a probe every few seconds);
+# a request finding the last one stale waits this long for the next.
+WANTED_FOR_S = 30.0
+WANT_WAIT_S = 3.0
 ACTION_PATH = re.compile(r"^/api/(actors|feeds)/([^/]{1,200})/(restart|pause|resume)$")
 
 
@@ -88,15 +94,39 @@ class RateLimiter:
 
 
 class Published:
-    """The snapshot the loop published last, its JSON, and a condition streams wait on."""
+    """The snapshot the loop published last, its JSON, and a condition streams wait on.
+
+    The loop beats on every turn (one float: what /health judges) but builds a snapshot
+    only while someone wants one (a page, a probe, a script asked within WANTED_FOR_S), so
+    an unwatched console costs the supervisor nothing but that."""
 
     def __init__(self):
         self.cond = threading.Condition()
         self.version = 0
         self.snapshot: dict[str, Any] | None = None
         self.at = 0.0  # monotonic time of the last publish
+        self.loop_at = 0.0  # monotonic time of the loop's last turn
+        self.wanted_at = -WANTED_FOR_S  # monotonic time of the last request for a snapshot
         self._json: bytes | None = None
         self.closing = False
+
+    def beat(self, now: float) -> None:
+        self.loop_at = now
+
+    def wanted(self, now: float) -> bool:
+        return now - self.wanted_at < WANTED_FOR_S
+
+    def fresh(self, max_age_s: float) -> dict[str, Any] | None:
+        """A snapshot at most max_age_s old, asking the loop for one and waiting for it
+        (WANT_WAIT_S at most) when the last is older; None if none comes."""
+        self.wanted_at = time.monotonic()
+        with self.cond:
+            if time.monotonic() - self.at > max_age_s:
+                version = self.version
+                self.cond.wait_for(lambda: self.version > version or self.closing,
+                                   WANT_WAIT_S)
+            return self.snapshot if time.monotonic() - self.at <= max_age_s + WANT_WAIT_S \
+                else None
 
     def publish(self, snapshot: dict[str, Any]) -> None:
         with self.cond:
@@ -147,6 +177,28 @@ class ConsoleServer(http.server.ThreadingHTTPServer):
         self.any_host = "*" in allowed
         self.allowed_hosts = frozenset(allowed)
         super().__init__((self.console.host, self.console.port), Handler)
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopping = False
+
+    def serve(self) -> None:
+        """Accepts connections until stop(). Woken by a pipe to stop, so an idle console
+        wakes no thread (serve_forever polls twice a second)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.socket, selectors.EVENT_READ)
+            selector.register(self._wake_r, selectors.EVENT_READ)
+            while not self._stopping:
+                for key, _ in selector.select():
+                    if key.fileobj is self.socket and not self._stopping:
+                        self._handle_request_noblock()
+
+    def stop(self) -> None:
+        self._stopping = True
+        os.write(self._wake_w, b"x")
+
+    def server_close(self) -> None:
+        super().server_close()
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
 
     def count(self, what: str) -> None:
         with self.counts_lock:
@@ -263,6 +315,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         elif path == "/metrics":
             self._send(200, generate_latest(self.server.registry), CONTENT_TYPE_LATEST)
         elif path == "/api/snapshot":
+            self.server.published.fresh(self._max_age())
             body, _ = self.server.published.json()
             if body is None:
                 self._error(503, "the supervisor has not published its state yet")
@@ -276,8 +329,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._error(404, f"no such page: {path[:100]}")
 
     def _loop_age(self) -> float | None:
-        at = self.server.published.at
+        at = self.server.published.loop_at
         return round(time.monotonic() - at, 3) if at else None
+
+    def _max_age(self) -> float:
+        return 2 * self.server.console.publish_interval_s
 
     def _health(self) -> None:
         age = self._loop_age()
@@ -293,7 +349,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self._json(200, {"status": "ok", "loop_age_s": age})
 
     def _ready(self) -> None:
-        snap = self.server.published.snapshot
+        snap = self.server.published.fresh(self._max_age())
         age = self._loop_age()
         if snap is None or age is None:
             self._json(503, {"ready": False, "reasons": ["the supervisor is starting"]})
@@ -322,6 +378,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(f"retry: {STREAM_RETRY_MS}\n\n".encode())
             version, ends = -1, time.monotonic() + STREAM_MAX_S
             while time.monotonic() < ends and not self.server.published.closing:
+                self.server.published.wanted_at = time.monotonic()  # a page is watching
                 body, version = self.server.published.wait_newer(version, STREAM_KEEPALIVE_S)
                 if body is None:
                     self.wfile.write(b": keepalive\n\n")
