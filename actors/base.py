@@ -263,12 +263,14 @@ class Actor:
         except zmq.Again:
             log.warning("%s could not send admin event %s: %s", self.name, event, message)
 
-    def watch_silence(self, watch: SilenceWatch, now: float, waiting_for: str) -> None:
-        """An admin event once the next stage has answered nothing for its silence time."""
+    def watch_silence(self, watch: SilenceWatch, now: float,
+                      waiting_for: Callable[[], str]) -> None:
+        """An admin event once the next stage has answered nothing for its silence time;
+        waiting_for says what waits, asked only then (this runs on every loop turn)."""
         quiet = watch.silent_for(now)
         if quiet is not None:
             self.admin("stage_silent", f"{watch.stage} has answered nothing for {quiet:.0f} s "
-                       f"({waiting_for}); is its host down or cut off?", reason=watch.stage,
+                       f"({waiting_for()}); is its host down or cut off?", reason=watch.stage,
                        level="error")
 
     def stage_answered(self, watch: SilenceWatch, now: float, still_waiting: bool) -> None:

@@ -363,7 +363,7 @@ class DedupeActor(Actor):
         self.outage.settle(now)
         if self.store is not None and self.store.pending_count():
             self.watch_silence(self.downstream_silence, now,
-                               f"{self.store.pending_count()} items sent on, none acked")
+                               lambda: f"{self.store.pending_count()} items sent on, none acked")
         if self.store is None or self.outage.down:
             if self.outage.usable(now):
                 self._try_store(now)

@@ -334,7 +334,8 @@ class FetcherActor(Actor):
     def tick(self, now: float) -> None:
         if self.leases and not self.stopping:
             self._renew_leases(now)
-        self.watch_silence(self.dedupe_silence, now, f"{len(self.unconfirmed)} claims waiting")
+        self.watch_silence(self.dedupe_silence, now,
+                           lambda: f"{len(self.unconfirmed)} claims waiting")
         if not self.pauses_confirmed and self.last_ping > self.pauses_read_at:
             self.pauses_confirmed = True  # see setup()
             paused = read_paused(self.config)

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import yaml
 
 from actors.errors import ConfigError
-from catalyst_config.schema import Config, EndpointsConfig
+from catalyst_config.schema import ENDPOINT_OWNERS, Config, EndpointsConfig
 from catalyst_config.secrets import Secrets
 
 ENV_CONFIG = "CATALYST_CONFIG"
@@ -174,7 +174,9 @@ def _validate(cfg: Config) -> None:
 # port: peers connect to the very string its owner binds, so no wildcard host or port.
 _TCP_ENDPOINT = re.compile(r"tcp://(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*"
                            r"[A-Za-z0-9])?):(?P<port>[0-9]{1,5})")
-_PER_INSTANCE = {"llm_in": "llm", "alert_in": "alert"}  # instance i listens on PORT + i
+# Endpoints with one address per instance (instance i listens on PORT + i), by their kind.
+_PER_INSTANCE = {name: owner for name, (owner, per_instance) in ENDPOINT_OWNERS.items()
+                 if per_instance}
 _KEYS_HELP = "catalyst-supervisor keys DIR makes a host's pair; see docs/multi-host.md"
 
 
@@ -207,9 +209,9 @@ def _check_endpoints(cfg: Config) -> None:
         _check_curve_for(cfg, where, value)
 
 
-# Who needs a peer: each role, the endpoint it connects to, and what binds that endpoint.
-_ROLE_NEEDS = (("fetcher", "dedupe_rpc", "dedupe"), ("alert", "dedupe_acks", "dedupe"),
-               ("dedupe", "llm_in", "llm"), ("llm", "alert_in", "alert"))
+# Who needs a peer: each role and the endpoint it connects to (ENDPOINT_OWNERS: who binds it).
+_ROLE_NEEDS = (("fetcher", "dedupe_rpc"), ("alert", "dedupe_acks"), ("dedupe", "llm_in"),
+               ("llm", "alert_in"))
 
 
 def _check_hosts(cfg: Config) -> None:
@@ -231,7 +233,8 @@ def _check_hosts(cfg: Config) -> None:
             _check_curve_for(cfg, where, value)
         if len(set(peers)) != len(peers):
             raise ConfigError(f"peers.{name}", "names an endpoint twice")
-    for role, endpoint, owner in _ROLE_NEEDS:
+    for role, endpoint in _ROLE_NEEDS:
+        owner = ENDPOINT_OWNERS[endpoint][0]
         if cfg.runs(role) and not cfg.targets(endpoint):
             raise ConfigError(f"peers.{endpoint}", f"this host runs {role} but not {owner}: "
                               f"list the {owner} hosts' {endpoint} endpoints here")
