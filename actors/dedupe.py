@@ -209,7 +209,7 @@ class DedupeActor(Actor):
             self._refuse_all(group)
             return
         self._worked(now)
-        new_keys = {item.key for item in new}
+        new_keys = {item.key for item, _ in new}
         self.counters["claimed"] += size
         self.counters["new"] += len(new)
         self.counters["duplicates"] += size - len(new)
@@ -218,19 +218,21 @@ class DedupeActor(Actor):
             mine = [it.key for it in claim.items if it.key in new_keys]
             new_keys.difference_update(mine)  # a key in two claims is new for the first only
             self._reply(envelope, protocol.Claimed(req_id=claim.req_id, new=mine))
-        self._forward([(item, 1) for item in new])
+        self._forward([(item, payload, 1) for item, payload in new])
 
     # Forwarding ---------------------------------------------------------------
 
-    def _forward(self, batch: list[tuple[protocol.Item, int]]) -> list[str]:
-        """Sends items on to the llm inboxes in frames cut by exact encoded size (each
-        Delivery is encoded once; a frame is those bytes and a small header), spread over
-        the instances; returns the keys it could not send (the store retries them soon)."""
+    def _forward(self, batch: list[tuple[protocol.Item, bytes, int]]) -> list[str]:
+        """Sends items (item, its payload in the ledger, attempt) on to the llm inboxes in
+        frames cut by exact encoded size (each Delivery is encoded once, around the payload
+        as it is; a frame is those bytes and a small header), spread over the instances;
+        returns the keys it could not send (the store retries them soon)."""
         budget = LLM_MAX_FRAME_BYTES - protocol.FRAME_OVERHEAD_BYTES
         encoded: list[tuple[str, bytes]] = []
         too_big: list[tuple[protocol.Item, int]] = []
-        for item, attempt in batch:
-            raw = _delivery_encoder.encode(protocol.Delivery(item=item, attempt=attempt))
+        for item, payload, attempt in batch:
+            raw = _delivery_encoder.encode(
+                protocol.Delivery(item=msgspec.Raw(payload), attempt=attempt))
             if len(raw) + 1 > budget:  # fit_batches counts a byte of list header per entry
                 too_big.append((item, len(raw)))
             else:
@@ -326,7 +328,7 @@ class DedupeActor(Actor):
                        f"{self.config.dedupe.max_attempts} attempts", reason="max_attempts",
                        level="error")
         if due.resend:
-            unsent = set(self._forward([(r.item, r.attempt) for r in due.resend]))
+            unsent = set(self._forward([(r.item, r.payload, r.attempt) for r in due.resend]))
             sent = [r.item.key for r in due.resend if r.item.key not in unsent]
             try:
                 self.store.sent(sent)

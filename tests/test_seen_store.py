@@ -16,6 +16,7 @@ from actors import protocol
 from actors.errors import StoreLockedError
 from actors.protocol import Item
 from actors.seen_store import SqliteSeenStore
+from actors.seen_store.base import encode_item
 from catalyst_config import SqliteConfig, load_config
 from tests.conftest import base_config, wait_for
 
@@ -387,7 +388,8 @@ def test_in_a_group_commit_a_feed_is_polled_for_the_claims_after_the_one_complet
         tmp_path):
     store = open_store(tmp_path / "seen.db", feeds=["wire"], mark_seen_first_poll=["wire"])
     new = store.claim_group([([wire_item("a")], ["wire"]), ([wire_item("b")], [])])
-    assert keys(new) == ["b"]
+    assert keys([item for item, _ in new]) == ["b"]
+    assert new[0][1] == encode_item(new[0][0])  # what dedupe forwards as it is
 
 
 def test_a_ledger_from_before_first_polls_were_recorded_counts_its_feeds_as_polled(tmp_path):

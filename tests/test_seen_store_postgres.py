@@ -17,6 +17,7 @@ from actors.errors import ConfigError, StoreUnavailableError
 from actors.protocol import Item
 from actors.seen_store import SeenStore, SqliteSeenStore
 from actors.seen_store.postgres import PostgresSeenStore
+from actors.seen_store.base import encode_item, key_hash
 from actors.storage.sqlite import SchemaTooNewError
 from catalyst_config import SqliteConfig, config_from_dict
 from catalyst_config.schema import PostgresConfig
@@ -97,7 +98,9 @@ def test_a_claim_returns_only_new_keys_and_claiming_them_again_returns_none(back
                           item("d", signature="ACME|acme wins")])
     assert keys(copies) == ["c"]  # the same release from a second wire
     assert store.claim([item("e", signature="ACME|acme wins")]) == []
-    assert keys(store.claim_group([([item("f")], []), ([item("f"), item("g")], [])])) == ["f", "g"]
+    new = store.claim_group([([item("f")], []), ([item("f"), item("g")], [])])
+    assert keys([item for item, _ in new]) == ["f", "g"]
+    assert all(payload == encode_item(item) for item, payload in new)
     assert store.counts()["pending"] == 5  # a, b, c, f, g; d, e and the signature are seen
 
 
@@ -336,6 +339,44 @@ def test_a_server_stopped_mid_run_refuses_then_recovers_losing_and_repeating_not
         wait_for(lambda: came_back.update(k for k, _ in due_keys(store)) or
                  came_back >= missing, 30, message="the unanswered claims handed out")
         assert came_back == missing
+
+
+# The ledger as release 1 of the schema wrote it (key_hash bytea), for the migration test.
+V1_LEDGER = """
+CREATE TABLE catalyst_schema (component text PRIMARY KEY, version integer NOT NULL);
+INSERT INTO catalyst_schema VALUES ('seen_store', 1);
+CREATE TABLE catalyst_ledger (
+    key_hash bytea PRIMARY KEY, key text NOT NULL, state smallint NOT NULL,
+    attempts integer NOT NULL DEFAULT 0, seen_at double precision NOT NULL,
+    lease_until timestamptz, holder text, payload bytea);
+CREATE INDEX catalyst_ledger_due ON catalyst_ledger (lease_until) WHERE state = 1;
+CREATE INDEX catalyst_ledger_finished ON catalyst_ledger (seen_at) WHERE state <> 1;
+CREATE INDEX catalyst_ledger_dead ON catalyst_ledger (seen_at) WHERE state = 4;
+CREATE TABLE catalyst_feeds_polled (name text PRIMARY KEY, first_polled_at double precision NOT NULL);
+CREATE TABLE catalyst_feed_leases (feed text PRIMARY KEY, holder text NOT NULL,
+                                   expires_at timestamptz NOT NULL)"""
+
+
+def test_a_version_1_ledger_is_migrated_and_keeps_what_it_saw_and_what_was_in_flight(
+        pg, pg_dsn):
+    pending = item("in-flight")
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(V1_LEDGER)
+        conn.execute("INSERT INTO catalyst_ledger VALUES (%s, 'delivered-key', 2, 1, %s, "
+                     "NULL, NULL, NULL)", (key_hash("delivered-key"), time.time()))
+        conn.execute("INSERT INTO catalyst_ledger VALUES (%s, 'in-flight', 1, 1, %s, "
+                     "now() - interval '1 s', 'gone-host:1:abc', %s)",
+                     (key_hash("in-flight"), time.time(), encode_item(pending)))
+    store = pg.open(lease_s=SHORT_LEASE_S)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT version FROM catalyst_schema WHERE component = "
+                            "'seen_store'").fetchone() == (2,)
+        assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
+                            "WHERE attrelid = 'catalyst_ledger'::regclass "
+                            "AND attname = 'key_hash'").fetchone() == ("uuid",)
+    assert store.claim([item("delivered-key"), item("in-flight"), item("fresh")]) == [
+        item("fresh")]
+    assert due_keys(store) == [("in-flight", 2)]  # the dead host's lease had run out
 
 
 def test_a_database_from_a_newer_release_is_refused_and_left_as_it_is(pg, pg_dsn):

@@ -48,6 +48,8 @@ from typing import Iterable, Protocol
 from actors.protocol import Item
 
 _item_decoder = msgspec.msgpack.Decoder(Item)
+encode_item = msgspec.msgpack.Encoder().encode  # an item as every ledger keeps it
+decode_item = _item_decoder.decode
 
 
 def dead_letter(attempts: int, died_at: float, payload: bytes) -> dict:
@@ -67,15 +69,26 @@ STATE_NAMES = {SEEN: "seen", PENDING: "pending", DELIVERED: "delivered", FILTERE
 OUTCOMES = {"delivered": DELIVERED, "filtered": FILTERED}
 
 
+HASH_BYTES = 16
+_blake2b = hashlib.blake2b
+
+
 def key_hash(key: str) -> bytes:
     """128 bits of a key: no collision is to be expected among billions of keys."""
-    return hashlib.blake2b(key.encode(), digest_size=16).digest()
+    return _blake2b(key.encode(), digest_size=HASH_BYTES).digest()
 
 
 @dataclass
 class Redelivery:
     item: Item
     attempt: int
+    payload: bytes  # the item as the ledger keeps it (encode_item): forwarded as it is
+
+
+# A claimed item and its payload in the ledger (encode_item(item)), which the dedupe actor
+# forwards as it is rather than encoding the item a second time. A plain tuple: a named
+# one cost a claim of 500 items more than its hashing (benchmarks/dedupe_backends.py).
+NewItem = tuple[Item, bytes]
 
 
 @dataclass
@@ -103,10 +116,11 @@ class SeenStore(Protocol):
         ...
 
     def claim_group(self, claims: Iterable[tuple[Iterable[Item], Iterable[str]]],
-                    now: float | None = None) -> list[Item]:
+                    now: float | None = None) -> list[NewItem]:
         """Several claims (items, polled) in one atomic step, in their order (group
         commit): a key in two of them is new for the first only, and a feed one completes
-        the poll of is a polled feed for those after it. Returns all their new items."""
+        the poll of is a polled feed for those after it. Returns all their new items, each
+        with its payload."""
         ...
 
     # Outcomes and leases

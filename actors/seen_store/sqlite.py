@@ -43,7 +43,8 @@ import msgspec
 
 from actors.protocol import Item
 from actors.seen_store.base import (DEAD, OUTCOMES, PENDING, SEEN, STATE_NAMES, UNSENT_RETRY_S,
-                                    DueResult, Redelivery, dead_letter, key_hash)
+                                    DueResult, NewItem, Redelivery, dead_letter, decode_item,
+                                    encode_item, key_hash)
 from actors.storage import FileLock, faults_as_unavailable, open_checked, probe, transaction
 from actors.storage.sqlite import Schema, backup
 
@@ -99,8 +100,6 @@ def schema(feeds: Iterable[str]) -> Schema:
 # Named, so a file from before keeps working (its lease_until column is left NULL).
 INSERT = "INSERT INTO ledger (seq, hh, key, state, attempts, seen_at, payload) VALUES (?,?,?,?,?,?,?)"
 
-_item_encoder = msgspec.msgpack.Encoder()
-_item_decoder = msgspec.msgpack.Decoder(Item)
 
 
 class _Lease(msgspec.Struct, gc=False):  # one per pending item; untracked, like Item
@@ -190,15 +189,15 @@ class SqliteSeenStore:
         returned, never sent. polled: the feeds whose poll this claim completes, recorded
         with it. now is wall-clock time, for the TTL.
         """
-        return self.claim_group([(items, polled)], now)
+        return [item for item, _ in self.claim_group([(items, polled)], now)]
 
     def claim_group(self, claims: Iterable[tuple[Iterable[Item], Iterable[str]]],
-                    now: float | None = None) -> list[Item]:
+                    now: float | None = None) -> list[NewItem]:
         """Several claims (items, polled) in one transaction, in their order (group commit):
         a feed one claim completes the poll of is a polled feed for the claims after it.
         Returns the new items of all of them."""
         now = time.time() if now is None else now
-        new: list[Item] = []
+        new: list[NewItem] = []
         rows: list[tuple] = []
         added: dict[bytes, int] = {}  # hash -> seq, or 0 for a seen-only mark
         polled_now: dict[str, None] = {}  # feeds polled for the first time, in order
@@ -224,9 +223,10 @@ class SqliteSeenStore:
                     added[hk], seq = 0, seq + 1
                     marked += 1
                     continue
-                rows.append((seq, hk, item.key, PENDING, 1, now, _item_encoder.encode(item)))
+                payload = encode_item(item)
+                rows.append((seq, hk, item.key, PENDING, 1, now, payload))
                 added[hk], seq = seq, seq + 1
-                new.append(item)
+                new.append((item, payload))
             for name in polled:
                 if name in self.feeds and name not in self.polled_feeds:
                     polled_now[name] = None
@@ -403,8 +403,9 @@ class SqliteSeenStore:
             lease.attempts += 1
             lease.due_at = now + self.lease_s  # not picked again before an answer comes
             self.leased[seq] = lease
-            resend.append(Redelivery(_item_decoder.decode(payloads[seq]), lease.attempts))
-        return DueResult(resend, [_item_decoder.decode(payloads[seq]) for seq, _ in dead])
+            payload = payloads[seq]
+            resend.append(Redelivery(decode_item(payload), lease.attempts, payload))
+        return DueResult(resend, [decode_item(payloads[seq]) for seq, _ in dead])
 
     # Dead letters ---------------------------------------------------------
 

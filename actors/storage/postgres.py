@@ -26,6 +26,7 @@ from psycopg import errors as pg_errors
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from actors.errors import StoreUnavailableError
+from actors.storage import pg_arrays
 from actors.storage.sqlite import SchemaTooNewError
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ class PgSession:
             return conn
         self.drop()
         self.conn = psycopg.connect(self.conninfo, autocommit=True)
+        pg_arrays.register(self.conn)
         return self.conn
 
     def drop(self) -> None:
@@ -199,9 +201,10 @@ def open_schema(conn: psycopg.Connection, *, label: str, component: str, version
                 "that this version of catalyst-supervisor supports: it was written by a "
                 "newer release. Run that release, or restore a dump made by this one; the "
                 "database is left as it is")
-        if found == 0:
+        if found == 0:  # a new database: the schema as this release writes it
             conn.execute(schema)
-        for v in range(max(found, 1), version):
+            found = version
+        for v in range(found, version):
             log.info("%s: migrating schema from version %d to %d", label, v, v + 1)
             conn.execute(migrations[v])
         conn.execute("INSERT INTO catalyst_schema (component, version) VALUES (%s, %s) "
