@@ -2,8 +2,8 @@
 by a bridge, each with its own address and nothing else reachable (no route out).
 
     with Network("cs", ["a", "b", "db"]) as net:
-        net.address("db")                      # 10.231.7.3
-        net.outside                            # 10.231.7.254: the test process itself
+        net.address("db")                      # 10.231.N.3: a /24 no other network here uses
+        net.outside                            # 10.231.N.254: the test process itself
         proc = net.popen("a", [sys.executable, ...], env=...)
         net.cut("a"); net.mend("a")            # the host drops off the network, comes back
         net.kill("a")                          # every process started on host a: SIGKILL
@@ -13,14 +13,20 @@ Needs root (CAP_NET_ADMIN) and the `ip` tool; `available()` says why not, for a 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
+import re
 import shutil
 import signal
 import subprocess
 from pathlib import Path
 
-SUBNET = "10.231.7"  # a private /24 unlikely to be in use on a test machine
+SUBNETS = "10.231"  # each Network takes a free 10.231.N.0/24 of these
 COMMAND_TIMEOUT_S = 20
+# Held while a Network picks its subnet and puts it on its bridge, so two runs on one
+# machine never take the same one.
+LOCK_FILE = Path("/run/lock/catalyst-netns.lock")
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -42,25 +48,45 @@ def available() -> str | None:
     return None
 
 
+def _subnets_in_use() -> set[str]:
+    """The 10.231.N prefixes any address or route of this machine has."""
+    seen = _ip("-4", "-o", "addr", "show").stdout + _ip("-4", "route", "show", "table",
+                                                        "all", check=False).stdout
+    return set(re.findall(rf"\b({re.escape(SUBNETS)}\.\d+)\.\d+", seen))
+
+
+@contextlib.contextmanager
+def _subnet_lock():
+    LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+    with open(LOCK_FILE, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 class Network:
-    """Namespaces named <tag>-<host>, on bridge <tag>-br, addresses SUBNET.1, .2, ..."""
+    """Namespaces named <tag>-<host>, on bridge <tag>-br, addresses <subnet>.1, .2, ..."""
 
     def __init__(self, tag: str, hosts: list[str]):
         self.tag = f"{tag}{os.getpid() % 10000}"  # runs beside each other never meet
         self.hosts = list(hosts)
         self.bridge = f"{self.tag}-br"
+        self.subnet = ""  # 10.231.N, chosen on entry
         self.procs: dict[str, list[subprocess.Popen]] = {h: [] for h in hosts}
 
     @property
     def outside(self) -> str:
         """The test process's own address on the hosts' network (the root namespace)."""
-        return f"{SUBNET}.254"
+        return f"{self.subnet}.254"
+
+    @property
+    def cidr(self) -> str:
+        return f"{self.subnet}.0/24"
 
     def ns(self, host: str) -> str:
         return f"{self.tag}-{host}"
 
     def address(self, host: str) -> str:
-        return f"{SUBNET}.{self.hosts.index(host) + 1}"
+        return f"{self.subnet}.{self.hosts.index(host) + 1}"
 
     def _veth(self, host: str) -> str:
         return f"{self.tag}-{self.hosts.index(host)}"  # the bridge side (<= 15 characters)
@@ -71,7 +97,13 @@ class Network:
             _ip("link", "set", self.bridge, "up")
             # The test itself (feeds, fakes of Gemini and Discord) is reachable from every
             # host at this address; nothing is routed beyond the bridge.
-            _ip("addr", "add", f"{self.outside}/24", "dev", self.bridge)
+            with _subnet_lock():
+                used = _subnets_in_use()
+                free = [f"{SUBNETS}.{n}" for n in range(1, 255) if f"{SUBNETS}.{n}" not in used]
+                if not free:
+                    raise RuntimeError(f"every {SUBNETS}.N.0/24 is in use on this machine")
+                self.subnet = free[os.getpid() % len(free)]
+                _ip("addr", "add", f"{self.outside}/24", "dev", self.bridge)
             for host in self.hosts:
                 ns, veth = self.ns(host), self._veth(host)
                 _ip("netns", "add", ns)

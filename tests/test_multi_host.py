@@ -248,7 +248,7 @@ def sigkill_server_process(net: netns.Network, pg: pg_server.PgServer,
             title = " ".join(psutil.Process(int(pid)).cmdline()).strip()
         except psutil.Error:
             continue
-        if f" {netns.SUBNET}." in title:  # "postgres: catalyst postgres 10.231.7.1(port) idle"
+        if f" {net.subnet}." in title:  # "postgres: catalyst postgres 10.231.N.1(port) idle"
             serving.append((int(pid), title))
     assert serving, "no PostgreSQL backend serves a host"
     pid, title = rng.choice(serving)
@@ -341,7 +341,7 @@ def test_two_hosts_under_chaos_alert_each_item_once_and_hand_over_a_dead_hosts_f
     password = secrets.token_urlsafe(18)
     with netns.Network("mh", ["a", "b", "db"]) as net:
         pg = pg_server.PgServer.create(
-            listen=net.address("db"), password=password, allow=f"{netns.SUBNET}.0/24",
+            listen=net.address("db"), password=password, allow=net.cidr,
             prefix=["ip", "netns", "exec", net.ns("db")])
         wires = Wires(net.outside, FEEDS, {net.address(h): h for h in HOSTS})
         publisher = Publisher(wires)
