@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.storage import pg_arrays
-from actors.storage.pg_arrays import bytea_array, text_array
+from actors.storage.pg_arrays import bytea_array, text_array, uuid_array
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +46,16 @@ def test_any_array_round_trips(conn, blobs, texts):
     got = conn.execute("SELECT %(b)b::bytea[], %(t)b::text[]",
                        {"b": bytea_array(blobs), "t": text_array(texts)}).fetchone()
     assert got == (blobs, texts)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.binary(min_size=16, max_size=16), max_size=40))
+def test_uuid_arrays_are_the_16_bytes_in_order(conn, values):
+    got = conn.execute("SELECT array(SELECT uuid_send(u) FROM unnest(%(a)b::uuid[]) u)",
+                       {"a": uuid_array(values)}).fetchone()[0]
+    assert got == values
+
+
+def test_a_uuid_of_another_length_is_refused_before_it_is_sent():
+    with pytest.raises(ValueError, match="16 bytes"):
+        uuid_array([b"x" * 16, b"short"])

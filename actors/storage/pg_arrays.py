@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from itertools import chain
 
 import psycopg
 from psycopg.adapt import Dumper
@@ -26,6 +25,7 @@ BYTEA_ARRAY_OID, TEXT_ARRAY_OID, UUID_ARRAY_OID = 1001, 1009, 2951
 _HEADER = struct.Struct(">iiiii")
 _NULL = struct.pack(">i", -1)
 _length = struct.Struct(">i").pack
+_UUID_LENGTH = _length(16)
 
 
 class ByteaArray:
@@ -50,11 +50,13 @@ class UuidArray(ByteaArray):
 
 
 def _encode(values: Sequence[bytes | None], elem_oid: int) -> bytes:
-    if None in values:
-        header = _HEADER.pack(1, 1, elem_oid, len(values), 1)
+    has_null = None in values
+    header = _HEADER.pack(1, int(has_null), elem_oid, len(values), 1)
+    if has_null:
         return header + b"".join([_NULL if v is None else _length(len(v)) + v for v in values])
-    header = _HEADER.pack(1, 0, elem_oid, len(values), 1)
-    return header + b"".join(chain.from_iterable(zip(map(_length, map(len, values)), values)))
+    # A list of concatenations joined once: half the time of joining lengths and values
+    # as they come from an iterator, for values of a claim's size.
+    return header + b"".join([_length(len(v)) + v for v in values])
 
 
 def bytea_array(values: Sequence[bytes | None]) -> ByteaArray:
@@ -69,7 +71,8 @@ def uuid_array(values: Sequence[bytes]) -> UuidArray:
     """values: 16 bytes each (a uuid's binary form is its 16 bytes, in order)."""
     if set(map(len, values)) - {16}:
         raise ValueError("a uuid is 16 bytes")
-    return UuidArray(_encode(values, UUID_OID))
+    header = _HEADER.pack(1, 0, UUID_OID, len(values), 1)
+    return UuidArray(header + _UUID_LENGTH + _UUID_LENGTH.join(values) if values else header)
 
 
 class _ByteaArrayDumper(Dumper):
