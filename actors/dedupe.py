@@ -159,8 +159,9 @@ class DedupeActor(Actor):
             if req.release:
                 self.store.release_feed_leases(req.holder, req.feeds)
                 held: list[str] = []
+                handover = 0
             else:
-                held = self.store.take_feed_leases(req.holder, req.feeds, req.ttl_s)
+                held, handover = self.store.take_feed_leases(req.holder, req.feeds, req.ttl_s)
         except StoreUnavailableError as exc:
             self._failed(exc, now)
             self._reply(envelope, protocol.FeedLeased(req_id=req.req_id,
@@ -168,7 +169,8 @@ class DedupeActor(Actor):
             return
         self._worked(now)
         self.counters["feed_lease_requests"] += 1
-        self._reply(envelope, protocol.FeedLeased(req_id=req.req_id, feeds=held))
+        self._reply(envelope, protocol.FeedLeased(req_id=req.req_id, feeds=held,
+                                                  handover=handover))
 
     def _reply(self, envelope: list[bytes], reply: protocol.Message) -> None:
         self.rpc.send_multipart([*envelope, protocol.encode(reply)])

@@ -146,11 +146,13 @@ class FeedLease(Message, tag="feed_lease", kw_only=True):
 
 class FeedLeased(Message, tag="feed_leased", kw_only=True):
     """dedupe -> fetcher: the feeds holder holds now (error set: the store is away, nothing
-    taken; the fetcher keeps what it held until those leases run out)."""
+    taken; the fetcher keeps what it held until those leases run out). handover: feeds
+    shared to it that another fetcher gives up at its next renewal: ask again soon."""
 
     req_id: int = 0
     feeds: Annotated[list[ShortText], msgspec.Meta(max_length=10000)] = []
     error: ShortText | None = None
+    handover: Annotated[int, msgspec.Meta(ge=0)] = 0
 
 
 class RequestId(msgspec.Struct, kw_only=True, gc=False):

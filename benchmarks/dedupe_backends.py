@@ -67,6 +67,7 @@ def warm_wal(server: PgServer) -> None:
             conn.execute("SELECT pg_switch_wal()")
         conn.execute("DROP TABLE wal_warm")
         conn.execute("CHECKPOINT")
+    os.sync()  # nothing of it left for the kernel to write back during a measurement
 
 
 class ActorUnderTest:

@@ -1,5 +1,6 @@
 """Feed leases: with several hosts sharing one PostgreSQL, each feed is polled by one live
-fetcher at a time, and a dead host's feeds move to another within the lease time.
+fetcher at a time, the feeds are shared among the live hosts, a dead host's feeds move to
+another within the lease time, and its share comes back to it when it returns.
 
 The pure lease bookkeeping first (actors/feeds/leases.py), then two supervisors on this
 machine standing in for two hosts (each its own run and data directories and host name,
@@ -17,7 +18,7 @@ import time
 import psutil
 
 from actors import protocol
-from actors.feeds.leases import FeedLeases
+from actors.feeds.leases import HANDOVER_FRACTION, RENEW_FRACTION, FeedLeases
 from tests.conftest import base_config, read_jsonl, wait_for
 from tests.test_pipeline import make_items
 
@@ -43,6 +44,16 @@ def test_leases_are_renewed_before_they_lapse_and_dropped_when_unanswered():
     leases.held = {"a", "c"}
     release = leases.release(10)
     assert release.release and release.feeds == ["a", "c"] and leases.held == set()
+
+
+def test_a_due_handover_makes_the_fetcher_ask_again_soon():
+    leases = FeedLeases("host-b/fetcher-0", 30.0, now=100.0)
+    assert leases.request(1, ["a", "b"], now=100.0) is not None
+    assert leases.answered(protocol.FeedLeased(req_id=1, feeds=["a"], handover=1))
+    assert leases.next_request == 100.0 + 30.0 * HANDOVER_FRACTION  # not a third in
+    assert leases.request(2, ["a", "b"], now=103.0) is not None
+    leases.answered(protocol.FeedLeased(req_id=2, feeds=["a", "b"]))
+    assert leases.next_request == 113.0  # all taken: back to a third of the lease
 
 
 def host_config(workdir, name: str, feeds: list[dict]) -> dict:
@@ -75,7 +86,7 @@ def kill_host(running) -> None:
     running.proc.wait(30)
 
 
-def test_two_hosts_poll_each_feed_once_and_a_dead_hosts_feeds_move_within_the_lease(
+def test_two_hosts_share_the_feeds_and_a_dead_hosts_feeds_move_within_the_lease_and_back(
         wire, run_supervisor, workdir, pg_dsn):
     published = {f"f{i}": make_items(f"lease{i}", 3) for i in range(6)}
     feeds = [{"name": name, "kind": "pr",
@@ -83,13 +94,15 @@ def test_two_hosts_poll_each_feed_once_and_a_dead_hosts_feeds_move_within_the_le
              for name in published]
     env = {"CATALYST_PG_DSN": pg_dsn}
     a = run_supervisor(host_config(workdir, "host-a", feeds), env=env)
-    wait_for(lambda: len(leased(a)) == 6, 30, message="host a holding every feed")
+    wait_for(lambda: len(leased(a)) == 6, 30, message="host a, alone, holding every feed")
     b = run_supervisor(host_config(workdir, "host-b", feeds), env=env)
-    wait_for(lambda: b.all_running(), 30, message="host b running")
-    # b asks for every feed every LEASE_S / 3 and gets none: a renews them in time.
+    wait_for(lambda: len(leased(a)) == 3 and len(leased(b)) == 3, 30, interval=0.1,
+             message="the feeds shared: three a host")
+    # Settled: each feed held by one host, the same ones, over three lease times.
+    shared = (leased(a), leased(b))
     deadline = time.monotonic() + 3 * LEASE_S
     while time.monotonic() < deadline:  # deliberately watched for three lease times
-        assert leased(b) == set() and len(leased(a)) == 6
+        assert (leased(a), leased(b)) == shared and not shared[0] & shared[1]
         time.sleep(0.2)
 
     kill_host(a)
@@ -101,6 +114,18 @@ def test_two_hosts_poll_each_feed_once_and_a_dead_hosts_feeds_move_within_the_le
     moved_s = time.monotonic() - killed_at
     # A lease runs from when a asked; b asks every LEASE_S / 3: within about 1.4 leases.
     assert moved_s <= LEASE_S * 1.5 + 1.0, f"feeds moved after {moved_s:.1f} s"
+
+    # a comes back: b gives its share up at b's next renewal, and a, told a handover is
+    # due, asks again soon and takes it.
+    a = run_supervisor(host_config(workdir, "host-a", feeds), env=env)
+    wait_for(a.all_running, 30, message="host a running again")
+    back_at = time.monotonic()
+    wait_for(lambda: leased(a) == shared[0] and leased(b) == shared[1], 5 * LEASE_S,
+             interval=0.1, message="host a given its share back")
+    back_s = time.monotonic() - back_at
+    assert back_s <= LEASE_S * (RENEW_FRACTION + HANDOVER_FRACTION) + 2.0, back_s
+    for name in published:
+        published[name].extend(make_items(f"lease{name[1:]}", 1, start=5))
     keys = {it["link"] for items in published.values() for it in items}
 
     def alerted() -> collections.Counter:
@@ -109,11 +134,13 @@ def test_two_hosts_poll_each_feed_once_and_a_dead_hosts_feeds_move_within_the_le
             for r in read_jsonl(workdir / host / "alerts.jsonl"))
 
     wait_for(lambda: len(alerted()) == len(keys), 60, message="every item alerted")
-    b.cli("stop")
-    assert b.wait_exit(60) == 0
+    for host in (a, b):
+        host.cli("stop")
+        assert host.wait_exit(60) == 0
     counts = alerted()
-    assert len(counts) == 30 and max(counts.values()) == 1, counts.most_common(3)
-    print(f"feeds moved to host b {moved_s:.2f} s after host a died (lease {LEASE_S} s)")
+    assert len(counts) == 36 and max(counts.values()) == 1, counts.most_common(3)
+    print(f"feeds moved to host b {moved_s:.2f} s after host a died, and half came back "
+          f"{back_s:.2f} s after it returned (lease {LEASE_S} s)")
 
 
 def test_a_clean_stop_hands_the_feeds_over_at_once(wire, run_supervisor, workdir, pg_dsn):

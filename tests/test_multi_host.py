@@ -304,9 +304,9 @@ def runs(polls: list[tuple[float, str]]) -> list[tuple[str, float, float, int]]:
 def overlaps(polls: list[tuple[float, str]]) -> list[str]:
     """Where two hosts held one feed at once. With leases, a host that polled a feed, lost
     it to another and polls it again must have waited for the other's lease to run out
-    (released leases aside: only a clean stop releases): so a poll by X, then by Y, then
-    by X again, all within one lease, means both were polling it in the same lease
-    period."""
+    or to be given up (a clean stop, or a handover to the feed's new owner, which then
+    keeps it while the hosts stay the same): so a poll by X, then by Y, then by X again,
+    all within one lease, means both were polling it in the same lease period."""
     found = []
     rs = runs(polls)
     for before, between, after in zip(rs, rs[1:], rs[2:], strict=False):

@@ -17,6 +17,7 @@ from actors.errors import ConfigError, StoreUnavailableError
 from actors.protocol import Item
 from actors.seen_store import SeenStore, SqliteSeenStore
 from actors.seen_store.postgres import PostgresSeenStore
+from actors.seen_store.sharing import shared_to
 from actors.seen_store.base import encode_item, key_hash
 from actors.storage.sqlite import SchemaTooNewError
 from catalyst_config import SqliteConfig, config_from_dict
@@ -184,18 +185,29 @@ def test_ttl_purge_forgets_finished_keys_in_bounded_batches_never_pending_ones(b
     assert store.claim([item("pending")], now=1200.0) == []
 
 
-def test_feed_leases_are_held_by_one_holder_until_released_or_lapsed(backend):
+def test_feed_leases_are_shared_held_by_one_holder_and_moved_on_release_or_lapse(backend):
     store = backend.open()
-    assert store.take_feed_leases("f-0", ["wire", "edgar"], 60) == ["wire", "edgar"]
-    assert store.take_feed_leases("f-1", ["edgar", "pr"], 60) == ["pr"]  # edgar is f-0's
-    assert store.take_feed_leases("f-0", ["wire", "edgar"], 60) == ["wire", "edgar"]  # renewed
-    assert store.release_feed_leases("f-0", ["edgar", "pr"]) == 1  # pr was never f-0's
-    assert store.take_feed_leases("f-1", ["edgar", "pr"], 60) == ["edgar", "pr"]
-    assert store.take_feed_leases("f-0", ["brief"], 0.3) == ["brief"]
-    assert store.take_feed_leases("f-1", ["brief"], 60) == []
-    assert wait_for(lambda: store.take_feed_leases("f-1", ["brief"], 60), 10,
-                    message="f-0's lapsed lease taken") == ["brief"]
-    assert store.take_feed_leases("f-0", ["brief"], 60) == []
+    feeds = ["edgar", "pr", "wire", "brief"]
+    assert store.take_feed_leases("f-0", feeds, 60) == (feeds, 0)  # alone: every feed
+    # A second fetcher of the same feeds is shared half of them; f-0 holds those until its
+    # next renewal, so f-1 is told a handover is due.
+    share_1 = shared_to("f-1", {"f-0": feeds, "f-1": feeds})
+    assert len(share_1) == 2
+    assert store.take_feed_leases("f-1", feeds, 60) == ([], 2)
+    held_0, handover_0 = store.take_feed_leases("f-0", feeds, 60)  # gives f-1's share up
+    assert sorted(held_0) == sorted(set(feeds) - set(share_1)) and handover_0 == 0
+    assert store.take_feed_leases("f-1", feeds, 60) == (
+        [f for f in feeds if f in share_1], 0)
+    assert store.take_feed_leases("f-0", feeds, 60).held == held_0  # renewed, nothing moves
+    # A clean stop gives the leases and the place up: the other takes everything at once.
+    assert store.release_feed_leases("f-0", feeds) == 2
+    assert store.take_feed_leases("f-1", feeds, 60) == (feeds, 0)
+    # A fetcher that stops asking: its place and its leases lapse, and another takes them.
+    assert store.take_feed_leases("g-0", ["solo"], 0.3) == (["solo"], 0)
+    assert store.take_feed_leases("g-1", ["solo"], 60).held == []
+    assert wait_for(lambda: store.take_feed_leases("g-1", ["solo"], 60).held, 10,
+                    message="g-0's lapsed lease taken") == ["solo"]
+    assert store.take_feed_leases("g-0", ["solo"], 60).held == []  # back, but g-1 holds it
 
 
 # What only a shared ledger must do ---------------------------------------------------
@@ -411,7 +423,7 @@ def test_the_stores_leases_are_taken_by_one_holder_among_concurrent_callers(pg):
 
         def take(i: int) -> None:
             barrier.wait(10)
-            got[i] = stores[i].take_feed_leases(f"holder-{i}", feeds, 60)
+            got[i] = stores[i].take_feed_leases(f"holder-{i}", feeds, 60).held
 
         threads = [threading.Thread(target=take, args=(i,)) for i in range(2)]
         for t in threads:

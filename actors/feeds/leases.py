@@ -3,9 +3,12 @@ whose lease it holds.
 
 Leases live in the seen-store (actors/seen_store), taken and renewed through dedupe over
 the RPC socket (protocol.FeedLease). A fetcher asks for all of its feeds every third of
-the lease time; the store grants each feed that is free, lapsed or already this holder's,
-so one live fetcher polls a feed at a time, and when a host dies its feeds are taken by
-another host's fetcher within one lease time. The fetcher's own count of a lease runs from
+the lease time; the store shares the feeds among the fetchers that asked within a lease
+time (actors/seen_store/sharing.py) and grants each feed shared to this one that is free,
+lapsed or already its own, so one live fetcher polls a feed at a time, the feeds are
+spread over the live hosts, and when a host dies its feeds are taken by the others within
+one lease time. When a host joins (or comes back) the others give up its share at their
+next renewal; the store tells it a handover is due, and it asks again soon to take them. The fetcher's own count of a lease runs from
 when it asked, not from when the store answered, so it stops polling a feed no later than
 the store lets another holder take it. Without an answer (dedupe or the database away)
 nothing is renewed and the held feeds lapse: polling stops rather than risk two pollers.
@@ -18,6 +21,9 @@ from __future__ import annotations
 from actors import protocol
 
 RENEW_FRACTION = 1 / 3  # renewed this far into a lease: two tries fit before it lapses
+# With a handover due, asked again this far into a lease: the feeds another fetcher gives
+# up at its next renewal go unpolled at most this long.
+HANDOVER_FRACTION = 1 / 12
 
 
 class FeedLeases:
@@ -49,6 +55,8 @@ class FeedLeases:
         self.pending = None
         held = set(reply.feeds)
         self.held_until = asked_at + self.ttl_s
+        if reply.handover:
+            self.next_request = min(self.next_request, asked_at + self.ttl_s * HANDOVER_FRACTION)
         changed, self.held = held != self.held, held
         return changed
 

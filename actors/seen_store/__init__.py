@@ -4,6 +4,7 @@ in docs/architecture.md): no other module may import this package.
     base.py      the SeenStore interface (a Protocol) and the contract every backend keeps
     sqlite.py    SqliteSeenStore: seen.db, one owner, the embedded default
     postgres.py  PostgresSeenStore: one PostgreSQL database shared by several dedupe actors
+    sharing.py   which live fetcher each feed belongs to, when several hosts share them
 
 open_seen_store() picks the backend from dedupe.backend; the PostgreSQL one (and psycopg)
 is imported only when configured.

@@ -43,7 +43,7 @@ import hashlib
 import msgspec
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol
+from typing import Iterable, NamedTuple, Protocol
 
 from actors.protocol import Item
 
@@ -103,6 +103,11 @@ class Redelivery:
 # forwards as it is rather than encoding the item a second time. A plain tuple: a named
 # one cost a claim of 500 items more than its hashing (benchmarks/dedupe_backends.py).
 NewItem = tuple[Item, bytes]
+
+
+class FeedGrant(NamedTuple):
+    held: list[str]  # the feeds the holder holds now, in the order asked
+    handover: int  # feeds shared to it that another live fetcher holds still
 
 
 @dataclass
@@ -233,14 +238,17 @@ class SeenStore(Protocol):
 
     # Feed leases: which fetcher polls which feed, across hosts
 
-    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float) -> list[str]:
-        """Takes or renews, for ttl_s, each of feeds that is free, lapsed or already
-        holder's; returns the feeds holder now holds. Never takes a lease another holder
-        has not let lapse; atomic among concurrent callers."""
+    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float) -> FeedGrant:
+        """Records holder as a live fetcher of feeds until ttl_s from now; then gives up
+        the leases it holds of feeds shared to another live fetcher (sharing.py) and
+        takes or renews, for ttl_s, each feed shared to it that is free, lapsed or already
+        its own. Never takes a lease another holder has not let lapse or given up; atomic
+        among concurrent callers."""
         ...
 
     def release_feed_leases(self, holder: str, feeds: list[str]) -> int:
-        """Gives up holder's leases of feeds; returns how many it held."""
+        """Gives up holder's leases of feeds, and its place among the live fetchers (a
+        clean stop); returns how many leases it held."""
         ...
 
     def close(self) -> None:

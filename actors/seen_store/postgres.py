@@ -64,9 +64,10 @@ import psycopg
 from actors.errors import CommandError, StoreUnavailableError
 from actors.protocol import Item
 from actors.seen_store.base import (DEAD, HASH_BYTES, OUTCOMES, PENDING, SEEN, STATE_NAMES,
-                                    UNSENT_RETRY_S, DueResult, NewItem, Redelivery,
+                                    UNSENT_RETRY_S, DueResult, FeedGrant, NewItem, Redelivery,
                                     dead_letter, decode_item, encode_item, key_hash,
                                     key_hashes)
+from actors.seen_store.sharing import shared_to
 from actors.storage.pg_arrays import bytea_array, text_array, uuid_array
 from actors.storage.postgres import PgSession, open_schema, purge_in_batches
 
@@ -121,12 +122,20 @@ CREATE TABLE IF NOT EXISTS catalyst_feed_leases (
     feed text PRIMARY KEY,
     holder text NOT NULL,
     expires_at timestamptz NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalyst_fetchers (  -- the live fetchers: sharing.py
+    holder text PRIMARY KEY,
+    feeds text[] NOT NULL,
+    expires_at timestamptz NOT NULL
 )"""
 # MIGRATIONS[n] takes a database from version n to n + 1, in the opening transaction.
 MIGRATIONS: dict[int, str] = {
     # 1 -> 2: key_hash bytea -> uuid, the same 16 bytes (rewrites the table and its indexes).
+    # And the live fetchers, among which the feeds are shared.
     1: "ALTER TABLE catalyst_ledger ALTER COLUMN key_hash TYPE uuid "
-       "USING encode(key_hash, 'hex')::uuid",
+       "USING encode(key_hash, 'hex')::uuid; "
+       "CREATE TABLE IF NOT EXISTS catalyst_fetchers (holder text PRIMARY KEY, "
+       "feeds text[] NOT NULL, expires_at timestamptz NOT NULL)",
 }
 
 _LEASE = "now() + %(lease)s * interval '1 second'"
@@ -221,6 +230,16 @@ ON CONFLICT (feed) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED
 WHERE catalyst_feed_leases.holder = EXCLUDED.holder
    OR catalyst_feed_leases.expires_at <= now()
 RETURNING feed"""
+FETCHER_LIVE = """
+INSERT INTO catalyst_fetchers (holder, feeds, expires_at)
+VALUES (%(holder)s, %(feeds)s, now() + %(ttl)s * interval '1 second')
+ON CONFLICT (holder) DO UPDATE SET feeds = EXCLUDED.feeds, expires_at = EXCLUDED.expires_at"""
+LIVE_FETCHERS = "SELECT holder, feeds FROM catalyst_fetchers WHERE expires_at > now()"
+# Leases this holder gives up: feeds shared to another fetcher now.
+GIVE_UP_FEEDS = """
+DELETE FROM catalyst_feed_leases
+WHERE holder = %(holder)s AND NOT (feed = ANY(%(keep)s::text[]))"""
+FETCHERS_GONE_S = 86_400  # purge() forgets fetchers that have not asked for this long
 
 
 _signature = attrgetter("signature")
@@ -498,6 +517,9 @@ class PostgresSeenStore:
         total, self.purge_incomplete = purge_in_batches(
             lambda: self._run(lambda conn: conn.execute(PURGE, params).rowcount),
             self.cfg.purge_batch, self.cfg.purge_max_batches)
+        self._run(lambda conn: conn.execute(
+            "DELETE FROM catalyst_fetchers WHERE expires_at < now() - %s * interval '1 second'",
+            (FETCHERS_GONE_S,)))
         return total
 
     def probe(self) -> None:
@@ -544,22 +566,37 @@ class PostgresSeenStore:
 
     # Feed leases ----------------------------------------------------------------------
 
-    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float) -> list[str]:
+    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float) -> FeedGrant:
         names = sorted(set(feeds))
-        if not names:
-            return []
-        rows = self._run(lambda conn: conn.execute(
-            TAKE_FEEDS, {"holder": holder, "feeds": names, "ttl": ttl_s}).fetchall())
-        held = {feed for (feed,) in rows}
-        return [feed for feed in dict.fromkeys(feeds) if feed in held]
+
+        def grant(conn: psycopg.Connection) -> tuple[set[str], list[str]]:
+            with conn.transaction():
+                conn.execute(FETCHER_LIVE, {"holder": holder, "feeds": names, "ttl": ttl_s})
+                live = dict(conn.execute(LIVE_FETCHERS).fetchall())
+                mine = shared_to(holder, live)
+                conn.execute(GIVE_UP_FEEDS, {"holder": holder, "keep": mine})
+                rows = conn.execute(TAKE_FEEDS, {"holder": holder, "feeds": mine,
+                                                 "ttl": ttl_s}).fetchall() if mine else []
+            return {feed for (feed,) in rows}, mine
+
+        held, mine = self._run(grant)
+        return FeedGrant([feed for feed in dict.fromkeys(feeds) if feed in held],
+                         len(mine) - len(held))
 
     def release_feed_leases(self, holder: str, feeds: list[str]) -> int:
         names = sorted(set(feeds))
-        if not names:
-            return 0
-        return self._run(lambda conn: conn.execute(
-            "DELETE FROM catalyst_feed_leases WHERE holder = %(holder)s "
-            "AND feed = ANY(%(feeds)b::text[])", {"holder": holder, "feeds": names}).rowcount)
+
+        def release(conn: psycopg.Connection) -> int:
+            with conn.transaction():
+                conn.execute("DELETE FROM catalyst_fetchers WHERE holder = %s", (holder,))
+                if not names:
+                    return 0
+                return conn.execute(
+                    "DELETE FROM catalyst_feed_leases WHERE holder = %(holder)s "
+                    "AND feed = ANY(%(feeds)s::text[])",
+                    {"holder": holder, "feeds": names}).rowcount
+
+        return self._run(release)
 
     def close(self) -> None:
         self.session.close()

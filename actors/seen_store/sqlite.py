@@ -41,10 +41,11 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import msgspec
 
+from actors.seen_store.sharing import shared_to
 from actors.protocol import Item
 from actors.seen_store.base import (DEAD, OUTCOMES, PENDING, SEEN, STATE_NAMES, UNSENT_RETRY_S,
-                                    DueResult, NewItem, Redelivery, dead_letter, decode_item,
-                                    encode_item, key_hash)
+                                    DueResult, FeedGrant, NewItem, Redelivery, dead_letter,
+                                    decode_item, encode_item, key_hash)
 from actors.storage import FileLock, faults_as_unavailable, open_checked, probe, transaction
 from actors.storage.sqlite import Schema, backup
 
@@ -134,6 +135,7 @@ class SqliteSeenStore:
         self.marked_seen = 0  # items recorded seen on their feed's first poll, since opened
         self.suspended_at: float | None = None  # leases paused (store clock), see suspend_leases
         self.feed_leases: dict[str, tuple[str, float]] = {}  # feed -> (holder, until: clock)
+        self.fetchers: dict[str, tuple[list[str], float]] = {}  # live: holder -> (feeds, until)
         # Raises StoreLockedError (another owner) or StoreUnavailableError (a full disk).
         self.lock = FileLock(self.path.with_name(self.path.name + ".lock"))
         self.db: sqlite3.Connection | None = None
@@ -458,22 +460,33 @@ class SqliteSeenStore:
 
     # Feed leases (in memory: see the module's docstring) ---------------------
 
-    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float) -> list[str]:
-        """Takes or renews each of feeds that is free, lapsed or holder's; returns those
-        holder now holds. Lapsed leases are forgotten here, so the table holds at most
-        the feeds someone holds."""
+    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float) -> FeedGrant:
+        """See the Protocol. Lapsed leases and fetchers are forgotten here, so the tables
+        hold at most the feeds someone holds and the fetchers that are live."""
         now = self.clock()
         for feed in [f for f, (_, until) in self.feed_leases.items() if until <= now]:
             del self.feed_leases[feed]
-        held = []
+        self.fetchers[holder] = (list(feeds), now + ttl_s)
+        for name in [h for h, (_, until) in self.fetchers.items() if until <= now]:
+            del self.fetchers[name]
+        mine = set(shared_to(holder, {h: f for h, (f, _) in self.fetchers.items()}))
+        for feed, (owner, _) in list(self.feed_leases.items()):
+            if owner == holder and feed not in mine:  # its new owner takes it
+                del self.feed_leases[feed]
+        held, handover = [], 0
         for feed in dict.fromkeys(feeds):
+            if feed not in mine:
+                continue
             current = self.feed_leases.get(feed)
             if current is None or current[0] == holder:
                 self.feed_leases[feed] = (holder, now + ttl_s)
                 held.append(feed)
-        return held
+            else:
+                handover += 1
+        return FeedGrant(held, handover)
 
     def release_feed_leases(self, holder: str, feeds: list[str]) -> int:
+        self.fetchers.pop(holder, None)
         released = 0
         for feed in dict.fromkeys(feeds):
             current = self.feed_leases.get(feed)
