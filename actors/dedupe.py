@@ -161,7 +161,8 @@ class DedupeActor(Actor):
                 held: list[str] = []
                 handover = 0
             else:
-                held, handover = self.store.take_feed_leases(req.holder, req.feeds, req.ttl_s)
+                held, handover = self.store.take_feed_leases(req.holder, req.feeds, req.ttl_s,
+                                                             req.paused)
         except StoreUnavailableError as exc:
             self._failed(exc, now)
             self._reply(envelope, protocol.FeedLeased(req_id=req.req_id,

@@ -156,7 +156,7 @@ class FetcherActor(Actor):
     # Feed leases (several hosts) ------------------------------------------------
 
     def _renew_leases(self, now: float) -> None:
-        req = self.leases.request(self.next_req_id, list(self.feeds), now)
+        req = self.leases.request(self.next_req_id, list(self.feeds), now, self.paused)
         if req is not None:
             self.next_req_id += 1
             try:

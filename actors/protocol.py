@@ -142,6 +142,9 @@ class FeedLease(Message, tag="feed_lease", kw_only=True):
     feeds: Annotated[list[ShortText], msgspec.Meta(max_length=10000)] = []
     ttl_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 30.0
     release: bool = False
+    # Feeds of these paused on this host: they stay with holder while it lives and holds
+    # them, unpolled, instead of moving to another host that would poll them.
+    paused: Annotated[list[ShortText], msgspec.Meta(max_length=10000)] = []
 
 
 class FeedLeased(Message, tag="feed_leased", kw_only=True):

@@ -19,6 +19,7 @@ import psutil
 
 from actors import protocol
 from actors.feeds.leases import HANDOVER_FRACTION, RENEW_FRACTION, FeedLeases
+from actors.seen_store.sharing import shared_to
 from tests.conftest import base_config, read_jsonl, wait_for
 from tests.test_pipeline import make_items
 
@@ -44,6 +45,12 @@ def test_leases_are_renewed_before_they_lapse_and_dropped_when_unanswered():
     leases.held = {"a", "c"}
     release = leases.release(10)
     assert release.release and release.feeds == ["a", "c"] and leases.held == set()
+
+
+def test_a_lease_request_names_the_feeds_paused_on_this_host():
+    leases = FeedLeases("host-a/fetcher-0", 30.0, now=100.0)
+    ask = leases.request(1, ["a", "b"], now=100.0, paused={"b", "not-ours"})
+    assert ask.paused == ["b"]  # stays with us while we hold it: see sharing.owned_by
 
 
 def test_a_due_handover_makes_the_fetcher_ask_again_soon():
@@ -141,6 +148,50 @@ def test_two_hosts_share_the_feeds_and_a_dead_hosts_feeds_move_within_the_lease_
     assert len(counts) == 36 and max(counts.values()) == 1, counts.most_common(3)
     print(f"feeds moved to host b {moved_s:.2f} s after host a died, and half came back "
           f"{back_s:.2f} s after it returned (lease {LEASE_S} s)")
+
+
+def test_a_feed_paused_on_one_host_stays_unpolled_when_the_other_joins_and_moves_on_resume(
+        wire, run_supervisor, workdir, pg_dsn):
+    names = [f"p{i}" for i in range(4)]
+    polls: collections.Counter = collections.Counter()
+
+    def feed(name: str):
+        def items():
+            polls[name] += 1
+            return make_items(f"pz{name}", 2)
+        return items
+
+    feeds = [{"name": n, "kind": "pr", "url": wire.serve_feed(f"/{n}.xml", feed(n))}
+             for n in names]
+    env = {"CATALYST_PG_DSN": pg_dsn}
+    a = run_supervisor(host_config(workdir, "host-a", feeds), env=env)
+    wait_for(lambda: len(leased(a)) == 4, 30, message="host a, alone, holding every feed")
+    # The feed that would go to b once b joins: paused on a first.
+    paused = shared_to("host-b/fetcher-0", {"host-a/fetcher-0": names,
+                                            "host-b/fetcher-0": names})[0]
+    assert a.cli("pause", paused).returncode == 0
+    asked = lease_requests(a)
+    wait_for(lambda: lease_requests(a) >= asked + 2, 30, message="a's pause sent with a renewal")
+    b = run_supervisor(host_config(workdir, "host-b", feeds), env=env)
+    wait_for(lambda: leased(b) and leased(a) | leased(b) == set(names)
+             and not leased(a) & leased(b), 30, interval=0.1, message="the feeds shared")
+    assert paused in leased(a)  # kept where it is paused, not handed to b to poll
+    polled = polls[paused]
+    deadline = time.monotonic() + 3 * LEASE_S
+    while time.monotonic() < deadline:  # deliberately watched for three lease times
+        assert paused not in leased(b) and polls[paused] == polled
+        time.sleep(0.2)
+    assert a.cli("resume", paused).returncode == 0
+    wait_for(lambda: paused in leased(b) and polls[paused] > polled, 30, interval=0.1,
+             message="the resumed feed handed to b and polled there")
+    for host in (a, b):
+        host.cli("stop")
+        assert host.wait_exit(60) == 0
+
+
+def lease_requests(running) -> int:
+    status = running.actor("fetcher-0") or {}
+    return (status.get("stats") or {}).get("feed_leases", {}).get("requests", 0)
 
 
 def test_a_clean_stop_hands_the_feeds_over_at_once(wire, run_supervisor, workdir, pg_dsn):

@@ -414,6 +414,22 @@ def test_an_unreachable_server_or_a_bad_dsn_is_a_store_outage_that_never_shows_t
     assert "second-half" not in str(caught.value) and "CATALYST_PG_DSN" in str(caught.value)
 
 
+def test_a_feed_paused_where_it_is_held_stays_there_when_the_feeds_are_shared_again(backend):
+    store = backend.open()
+    feeds = ["edgar", "pr", "wire", "brief"]
+    assert store.take_feed_leases("f-0", feeds, 60) == (feeds, 0)
+    moving = shared_to("f-1", {"f-0": feeds, "f-1": feeds})[0]  # f-1's, were it not paused
+    assert store.take_feed_leases("f-0", feeds, 60, paused=[moving]).held == feeds
+    store.take_feed_leases("f-1", feeds, 60)
+    held_0 = store.take_feed_leases("f-0", feeds, 60, paused=[moving]).held
+    held_1 = store.take_feed_leases("f-1", feeds, 60).held
+    assert moving in held_0 and moving not in held_1  # kept, unpolled, where it is paused
+    assert not set(held_0) & set(held_1) and set(held_0) | set(held_1) == set(feeds)
+    # Resumed there, it is shared as any other: it moves to f-1.
+    assert moving not in store.take_feed_leases("f-0", feeds, 60).held
+    assert moving in store.take_feed_leases("f-1", feeds, 60).held
+
+
 def test_the_stores_leases_are_taken_by_one_holder_among_concurrent_callers(pg):
     stores = [pg.open(), pg.open()]
     feeds = [f"feed-{i}" for i in range(40)]

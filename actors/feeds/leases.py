@@ -18,6 +18,8 @@ Pure: the caller passes the clock and carries the messages.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from actors import protocol
 
 RENEW_FRACTION = 1 / 3  # renewed this far into a lease: two tries fit before it lapses
@@ -37,15 +39,16 @@ class FeedLeases:
         self.requests = 0
         self.lapses = 0
 
-    def request(self, req_id: int, feeds: list[str], now: float) -> protocol.FeedLease | None:
-        """The renewal due now, if one is."""
+    def request(self, req_id: int, feeds: list[str], now: float,
+                paused: Iterable[str] = ()) -> protocol.FeedLease | None:
+        """The renewal due now, if one is. paused: the feeds paused on this host."""
         if now < self.next_request:
             return None
         self.next_request = now + self.ttl_s * RENEW_FRACTION
         self.pending = (req_id, now)
         self.requests += 1
         return protocol.FeedLease(req_id=req_id, holder=self.holder, feeds=sorted(feeds),
-                                  ttl_s=self.ttl_s)
+                                  ttl_s=self.ttl_s, paused=sorted(set(paused) & set(feeds)))
 
     def answered(self, reply: protocol.FeedLeased) -> bool:
         """Takes dedupe's answer to the last ask; True when the held set changed."""

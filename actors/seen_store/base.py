@@ -238,12 +238,14 @@ class SeenStore(Protocol):
 
     # Feed leases: which fetcher polls which feed, across hosts
 
-    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float) -> FeedGrant:
-        """Records holder as a live fetcher of feeds until ttl_s from now; then gives up
-        the leases it holds of feeds shared to another live fetcher (sharing.py) and
-        takes or renews, for ttl_s, each feed shared to it that is free, lapsed or already
-        its own. Never takes a lease another holder has not let lapse or given up; atomic
-        among concurrent callers."""
+    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float,
+                         paused: Iterable[str] = ()) -> FeedGrant:
+        """Records holder as a live fetcher of feeds (paused: those paused on its host)
+        until ttl_s from now; then gives up the leases it holds of feeds now another's
+        (sharing.owned_by: a feed a live fetcher holds and has paused stays its own, the
+        rest are shared) and takes or renews, for ttl_s, each feed of its own that is free,
+        lapsed or already held by it. Never takes a lease another holder has not let lapse
+        or given up; atomic among concurrent callers."""
         ...
 
     def release_feed_leases(self, holder: str, feeds: list[str]) -> int:

@@ -67,7 +67,7 @@ from actors.seen_store.base import (DEAD, HASH_BYTES, OUTCOMES, PENDING, SEEN, S
                                     UNSENT_RETRY_S, DueResult, FeedGrant, NewItem, Redelivery,
                                     dead_letter, decode_item, encode_item, key_hash,
                                     key_hashes)
-from actors.seen_store.sharing import shared_to
+from actors.seen_store.sharing import owned_by
 from actors.storage.pg_arrays import bytea_array, text_array, uuid_array
 from actors.storage.postgres import PgSession, open_schema, purge_in_batches
 
@@ -126,6 +126,7 @@ CREATE TABLE IF NOT EXISTS catalyst_feed_leases (
 CREATE TABLE IF NOT EXISTS catalyst_fetchers (  -- the live fetchers: sharing.py
     holder text PRIMARY KEY,
     feeds text[] NOT NULL,
+    paused text[] NOT NULL,          -- of its feeds, those paused on its host
     expires_at timestamptz NOT NULL
 )"""
 # MIGRATIONS[n] takes a database from version n to n + 1, in the opening transaction.
@@ -135,7 +136,7 @@ MIGRATIONS: dict[int, str] = {
     1: "ALTER TABLE catalyst_ledger ALTER COLUMN key_hash TYPE uuid "
        "USING encode(key_hash, 'hex')::uuid; "
        "CREATE TABLE IF NOT EXISTS catalyst_fetchers (holder text PRIMARY KEY, "
-       "feeds text[] NOT NULL, expires_at timestamptz NOT NULL)",
+       "feeds text[] NOT NULL, paused text[] NOT NULL, expires_at timestamptz NOT NULL)",
 }
 
 _LEASE = "now() + %(lease)s * interval '1 second'"
@@ -231,10 +232,17 @@ WHERE catalyst_feed_leases.holder = EXCLUDED.holder
    OR catalyst_feed_leases.expires_at <= now()
 RETURNING feed"""
 FETCHER_LIVE = """
-INSERT INTO catalyst_fetchers (holder, feeds, expires_at)
-VALUES (%(holder)s, %(feeds)s, now() + %(ttl)s * interval '1 second')
-ON CONFLICT (holder) DO UPDATE SET feeds = EXCLUDED.feeds, expires_at = EXCLUDED.expires_at"""
-LIVE_FETCHERS = "SELECT holder, feeds FROM catalyst_fetchers WHERE expires_at > now()"
+INSERT INTO catalyst_fetchers (holder, feeds, paused, expires_at)
+VALUES (%(holder)s, %(feeds)s::text[], %(paused)s::text[],
+        now() + %(ttl)s * interval '1 second')
+ON CONFLICT (holder) DO UPDATE SET feeds = EXCLUDED.feeds, paused = EXCLUDED.paused,
+    expires_at = EXCLUDED.expires_at"""
+LIVE_FETCHERS = "SELECT holder, feeds, paused FROM catalyst_fetchers WHERE expires_at > now()"
+# A feed a live fetcher holds and has paused stays its own (sharing.owned_by).
+PINNED_FEEDS = """
+SELECT l.feed, l.holder FROM catalyst_feed_leases l
+JOIN catalyst_fetchers f ON f.holder = l.holder AND l.feed = ANY(f.paused)
+WHERE l.expires_at > now() AND f.expires_at > now()"""
 # Leases this holder gives up: feeds shared to another fetcher now.
 GIVE_UP_FEEDS = """
 DELETE FROM catalyst_feed_leases
@@ -566,14 +574,17 @@ class PostgresSeenStore:
 
     # Feed leases ----------------------------------------------------------------------
 
-    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float) -> FeedGrant:
+    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float,
+                         paused: Iterable[str] = ()) -> FeedGrant:
         names = sorted(set(feeds))
 
         def grant(conn: psycopg.Connection) -> tuple[set[str], list[str]]:
             with conn.transaction():
-                conn.execute(FETCHER_LIVE, {"holder": holder, "feeds": names, "ttl": ttl_s})
-                live = dict(conn.execute(LIVE_FETCHERS).fetchall())
-                mine = shared_to(holder, live)
+                conn.execute(FETCHER_LIVE, {"holder": holder, "feeds": names,
+                                            "paused": sorted(set(paused)), "ttl": ttl_s})
+                live = {h: f for h, f, _ in conn.execute(LIVE_FETCHERS).fetchall()}
+                pinned = dict(conn.execute(PINNED_FEEDS).fetchall())
+                mine = owned_by(holder, live, pinned)
                 conn.execute(GIVE_UP_FEEDS, {"holder": holder, "keep": mine})
                 rows = conn.execute(TAKE_FEEDS, {"holder": holder, "feeds": mine,
                                                  "ttl": ttl_s}).fetchall() if mine else []

@@ -50,3 +50,14 @@ def share(fetchers: Mapping[str, Iterable[str]]) -> dict[str, str]:
 def shared_to(fetcher: str, fetchers: Mapping[str, Iterable[str]]) -> list[str]:
     """The feeds share() gives fetcher, sorted."""
     return sorted(feed for feed, owner in share(fetchers).items() if owner == fetcher)
+
+
+def owned_by(fetcher: str, fetchers: Mapping[str, Iterable[str]],
+             pinned: Mapping[str, str]) -> list[str]:
+    """The feeds fetcher should hold, sorted: those pinned to it (a feed a live fetcher
+    holds and has paused stays with it, unpolled, rather than move to a host that would
+    poll it), and its share of the others."""
+    rest = {name: [feed for feed in feeds if feed not in pinned]
+            for name, feeds in fetchers.items()}
+    return sorted({feed for feed, who in pinned.items() if who == fetcher}
+                  | set(shared_to(fetcher, rest)))

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import msgspec
 
-from actors.seen_store.sharing import shared_to
+from actors.seen_store.sharing import owned_by
 from actors.protocol import Item
 from actors.seen_store.base import (DEAD, OUTCOMES, PENDING, SEEN, STATE_NAMES, UNSENT_RETRY_S,
                                     DueResult, FeedGrant, NewItem, Redelivery, dead_letter,
@@ -135,7 +135,8 @@ class SqliteSeenStore:
         self.marked_seen = 0  # items recorded seen on their feed's first poll, since opened
         self.suspended_at: float | None = None  # leases paused (store clock), see suspend_leases
         self.feed_leases: dict[str, tuple[str, float]] = {}  # feed -> (holder, until: clock)
-        self.fetchers: dict[str, tuple[list[str], float]] = {}  # live: holder -> (feeds, until)
+        # The live fetchers: holder -> (its feeds, those paused on its host, until: clock)
+        self.fetchers: dict[str, tuple[list[str], set[str], float]] = {}
         # Raises StoreLockedError (another owner) or StoreUnavailableError (a full disk).
         self.lock = FileLock(self.path.with_name(self.path.name + ".lock"))
         self.db: sqlite3.Connection | None = None
@@ -460,16 +461,19 @@ class SqliteSeenStore:
 
     # Feed leases (in memory: see the module's docstring) ---------------------
 
-    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float) -> FeedGrant:
+    def take_feed_leases(self, holder: str, feeds: list[str], ttl_s: float,
+                         paused: Iterable[str] = ()) -> FeedGrant:
         """See the Protocol. Lapsed leases and fetchers are forgotten here, so the tables
         hold at most the feeds someone holds and the fetchers that are live."""
         now = self.clock()
         for feed in [f for f, (_, until) in self.feed_leases.items() if until <= now]:
             del self.feed_leases[feed]
-        self.fetchers[holder] = (list(feeds), now + ttl_s)
-        for name in [h for h, (_, until) in self.fetchers.items() if until <= now]:
+        self.fetchers[holder] = (list(feeds), set(paused), now + ttl_s)
+        for name in [h for h, (*_, until) in self.fetchers.items() if until <= now]:
             del self.fetchers[name]
-        mine = set(shared_to(holder, {h: f for h, (f, _) in self.fetchers.items()}))
+        pinned = {feed: owner for feed, (owner, _) in self.feed_leases.items()
+                  if owner in self.fetchers and feed in self.fetchers[owner][1]}
+        mine = set(owned_by(holder, {h: f for h, (f, _, _) in self.fetchers.items()}, pinned))
         for feed, (owner, _) in list(self.feed_leases.items()):
             if owner == holder and feed not in mine:  # its new owner takes it
                 del self.feed_leases[feed]
