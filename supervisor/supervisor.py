@@ -14,7 +14,9 @@ import math
 import os
 import signal
 import socket
+import stat
 import time
+from pathlib import Path
 from typing import Any
 
 import multiprocess
@@ -573,7 +575,18 @@ class Supervisor:
             self.console.close()
         self.admin.close()
         self.zctx.destroy(linger=0)
+        remove_socket_files(self.config.path(self.config.run_dir))
         self.lock.release()
+
+
+def remove_socket_files(run_dir: Path) -> None:
+    """The ipc:// socket files in run_dir: libzmq leaves a bound socket's file behind when
+    its process exits without closing it (an actor killed, say). Still under the data_dir
+    lock, so no other supervisor of this configuration is using them."""
+    for path in Path(run_dir).glob("*.sock"):
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(path.lstat().st_mode):
+                path.unlink()
 
 
 @contextlib.contextmanager

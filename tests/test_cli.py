@@ -99,6 +99,7 @@ def test_a_script_can_trust_status_and_stop_wait(run_supervisor, workdir):
     # --wait returned only once the supervisor was gone: nothing left to race a new start.
     assert running.proc.poll() is not None or running.wait_exit(5) is not None
     assert running.descendants() == []
+    assert list((workdir / "run").glob("*.sock")) == []  # its ipc:// files gone with it
     assert running.cli("status").returncode == 3
     assert running.cli("stop", "--wait").returncode == 3  # nothing to stop
 
