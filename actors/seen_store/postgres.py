@@ -3,9 +3,9 @@ several hosts, share (psycopg 3). It keeps the contract of actors/seen_store/bas
 
 Everything lives in the database, nothing that matters in memory: membership is the
 primary key (the 16-byte BLAKE2b hash of a key or signature, as in seen.db, typed uuid),
-and each pending row carries its lease (lease_until, on the server's clock, and the holder that
-took it), so an item leased by a dedupe actor that died is handed out by another once the
-lease runs out.
+and each pending row carries its lease (lease_until, on the server's clock, and the holder
+that took it), so an item leased by a dedupe actor that died is handed out by another once
+the lease runs out.
 
 - A claim is one `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING`:
   the rows that come back are new, and pending, leased to this store; a concurrent claim
@@ -23,7 +23,8 @@ lease runs out.
   is left, and the dedupe actor comes back soon.
 - Feed leases: a table of (feed, holder, expires_at) taken with one
   `INSERT ... ON CONFLICT DO UPDATE ... WHERE` that renews the holder's own or takes a
-  lapsed one, atomically among concurrent callers.
+  lapsed one, atomically among concurrent callers; which feeds a fetcher asks for is its
+  share among the live fetchers (catalyst_fetchers, sharing.py), in the same transaction.
 - Schema: created or migrated at open under an advisory lock (several actors may start at
   once), its version in catalyst_schema; a database from a newer release is refused
   (SchemaTooNewError), as for seen.db.
