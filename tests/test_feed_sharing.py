@@ -7,7 +7,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from actors.seen_store.sharing import share, shared_to
+from actors.seen_store.sharing import owned_by, share, shared_to
 
 FEEDS = [f"feed-{i}" for i in range(40)]
 
@@ -51,3 +51,20 @@ def test_every_polled_feed_has_one_owner_that_polls_it_and_no_one_is_overloaded(
         fair = math.ceil(len(polled) / len(fetchers))
         loads = [sum(1 for who in owner.values() if who == f) for f in fetchers]
         assert max(loads) <= fair, loads
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["a", "b", "c", "d"]),
+                       st.lists(st.sampled_from(FEEDS[:12]), max_size=12), min_size=1),
+       st.data())
+def test_a_pinned_feed_stays_with_its_fetcher_and_every_feed_has_one_owner(fetchers, data):
+    held = sorted({(feed, who) for who, feeds in fetchers.items() for feed in feeds})
+    pinned = dict(data.draw(st.lists(st.sampled_from(held), unique_by=lambda p: p[0]))
+                  if held else [])
+    owners: dict[str, list[str]] = {}
+    for who in fetchers:
+        for feed in owned_by(who, fetchers, pinned):
+            owners.setdefault(feed, []).append(who)
+    assert set(owners) == {feed for feeds in fetchers.values() for feed in feeds}
+    assert all(len(who) == 1 for who in owners.values()), owners  # never two pollers
+    assert all(owners[feed] == [who] for feed, who in pinned.items())
