@@ -8,10 +8,11 @@ time (actors/seen_store/sharing.py) and grants each feed shared to this one that
 lapsed or already its own, so one live fetcher polls a feed at a time, the feeds are
 spread over the live hosts, and when a host dies its feeds are taken by the others within
 one lease time. When a host joins (or comes back) the others give up its share at their
-next renewal; the store tells it a handover is due, and it asks again soon to take them. The fetcher's own count of a lease runs from
-when it asked, not from when the store answered, so it stops polling a feed no later than
-the store lets another holder take it. Without an answer (dedupe or the database away)
-nothing is renewed and the held feeds lapse: polling stops rather than risk two pollers.
+next renewal; the store tells it a handover is due, and it asks again soon to take them.
+The fetcher's own count of a lease runs from when it asked, not from when the store
+answered, so it stops polling a feed no later than the store lets another holder take it.
+Without an answer (dedupe or the database away) nothing is renewed and the held feeds
+lapse: polling stops rather than risk two pollers.
 
 Pure: the caller passes the clock and carries the messages.
 """

@@ -82,16 +82,6 @@ def key_hash(key: str) -> bytes:
     return hasher.digest()
 
 
-def key_hashes(keys: Iterable[str]) -> list[bytes]:
-    """key_hash of each key, in order."""
-    out = []
-    for key in keys:
-        hasher = _BLAKE2B.copy()
-        hasher.update(key.encode())
-        out.append(hasher.digest())
-    return out
-
-
 @dataclass
 class Redelivery:
     item: Item

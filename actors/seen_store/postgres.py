@@ -66,8 +66,7 @@ from actors.errors import CommandError, StoreUnavailableError
 from actors.protocol import Item
 from actors.seen_store.base import (DEAD, HASH_BYTES, OUTCOMES, PENDING, SEEN, STATE_NAMES,
                                     UNSENT_RETRY_S, DueResult, FeedGrant, NewItem, Redelivery,
-                                    dead_letter, decode_item, encode_item, key_hash,
-                                    key_hashes)
+                                    dead_letter, decode_item, encode_item, key_hash)
 from actors.seen_store.sharing import owned_by
 from actors.storage.pg_arrays import bytea_array, text_array, uuid_array
 from actors.storage.postgres import PgSession, open_schema, purge_in_batches
@@ -311,17 +310,20 @@ class PostgresSeenStore:
         claims = [(list(items), list(polled)) for items, polled in claims]
         items = [item for group, _ in claims for item in group]
         unpolled = self.mark_seen_first_poll - self.polled_feeds
-        if unpolled and any(item.source in unpolled for item in items):
+        first_polls = bool(unpolled) and any(item.source in unpolled for item in items)
+        if first_polls:
             self._load_polled()  # another store may have completed that poll
             unpolled = self.mark_seen_first_poll - self.polled_feeds
-        hashes = key_hashes([item.key for item in items])
-        if not (any(name in self.feeds and name not in self.polled_feeds
-                    for _, polled in claims for name in polled)
-                or any(map(_signature, items))
-                or (unpolled and any(item.source in unpolled for item in items))
+            first_polls = any(item.source in unpolled for item in items)
+        hashes = [key_hash(item.key) for item in items]
+        if not (first_polls or any(map(_signature, items))
+                or any(name in self.feeds and name not in self.polled_feeds
+                       for _, polled in claims for name in polled)
                 or len(set(hashes)) < len(hashes)):
             # The common claim: every row pending, no feed's poll to record, no key twice.
             new, payloads = self._run(lambda conn: self._claim_simple(conn, hashes, items, now))
+            if new:
+                self.next_scan = min(self.next_scan, self.clock() + self.lease_s)
             if len(new) == len(hashes):
                 return list(zip(items, payloads))
             return [(item, payload) for item, payload, hk in zip(items, payloads, hashes)
@@ -366,8 +368,6 @@ class PostgresSeenStore:
             "h": uuid_array(hashes), "k": text_array([item.key for item in items]),
             "p": bytea_array(payloads), "now": now, "lease": self.lease_s,
             "holder": self.holder}).fetchone()[0] or b""
-        if joined:
-            self.next_scan = min(self.next_scan, self.clock() + self.lease_s)
         return {joined[i:i + HASH_BYTES] for i in range(0, len(joined), HASH_BYTES)}, payloads
 
     def _claim_mixed(self, conn: psycopg.Connection, batch: dict[bytes, tuple[Item, bool]],

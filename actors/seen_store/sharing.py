@@ -2,10 +2,10 @@
 
 Leases (actors/feeds/leases.py, kept by the seen-store) make sure one fetcher polls a feed
 at a time; this decides which one should, so the feeds are spread over the hosts that are
-up instead of all going to whichever fetcher asked first. The seen-store keeps who is live (each fetcher's last
-lease request, with the feeds it polls) and grants a fetcher only the feeds shared to it;
-a fetcher holding a feed shared to another lets it go at its next renewal, and the new
-owner, told a handover is due, asks again soon and takes it.
+up instead of all going to whichever fetcher asked first. The seen-store keeps who is live
+(each fetcher's last lease request, with the feeds it polls) and grants a fetcher only the
+feeds shared to it; a fetcher holding a feed shared to another lets it go at its next
+renewal, and the new owner, told a handover is due, asks again soon and takes it.
 
 share() is a pure function of the live fetchers and their feeds, so every store computes
 the same answer from the same membership. Feeds go, in name order, to the fetcher ranked

@@ -41,11 +41,11 @@ from typing import TYPE_CHECKING, Callable, Iterable
 
 import msgspec
 
-from actors.seen_store.sharing import owned_by
 from actors.protocol import Item
 from actors.seen_store.base import (DEAD, OUTCOMES, PENDING, SEEN, STATE_NAMES, UNSENT_RETRY_S,
                                     DueResult, FeedGrant, NewItem, Redelivery, dead_letter,
                                     decode_item, encode_item, key_hash)
+from actors.seen_store.sharing import owned_by
 from actors.storage import FileLock, faults_as_unavailable, open_checked, probe, transaction
 from actors.storage.sqlite import Schema, backup
 
@@ -100,7 +100,6 @@ def schema(feeds: Iterable[str]) -> Schema:
     return Schema(SCHEMA_VERSION, SCHEMA + FEEDS_SCHEMA, {1: add_feeds_polled})
 # Named, so a file from before keeps working (its lease_until column is left NULL).
 INSERT = "INSERT INTO ledger (seq, hh, key, state, attempts, seen_at, payload) VALUES (?,?,?,?,?,?,?)"
-
 
 
 class _Lease(msgspec.Struct, gc=False):  # one per pending item; untracked, like Item

@@ -1,7 +1,7 @@
-"""One-dimensional bytea[], text[] and uuid[] parameters in PostgreSQL's binary array format, built
-in one pass: a claim of 500 items sends three arrays, and psycopg's own list dumper,
-which adapts element by element in Python, cost the dedupe actor more CPU than the rest
-of the claim (benchmarks/dedupe_backends.py).
+"""One-dimensional bytea[], text[] and uuid[] parameters in PostgreSQL's binary array
+format, built in one pass: a claim of 500 items sends three arrays, and psycopg's own list
+dumper, which adapts element by element in Python, cost the dedupe actor more CPU than the
+rest of the claim (benchmarks/dedupe_backends.py).
 
     conn.execute("... unnest(%(h)b::bytea[]) ...", {"h": bytea_array(hashes)})
 
