@@ -16,7 +16,8 @@ import pytest
 from actors.errors import ConfigError, StoreUnavailableError
 from actors.protocol import Item
 from actors.seen_store import SeenStore, SqliteSeenStore
-from actors.seen_store.postgres import PostgresSeenStore
+from actors.seen_store import postgres as pg_store
+from actors.seen_store.postgres import SCHEMA_VERSION, PostgresSeenStore
 from actors.seen_store.sharing import shared_to
 from actors.seen_store.base import encode_item, key_hash
 from actors.storage.sqlite import SchemaTooNewError
@@ -263,6 +264,44 @@ def test_a_lease_held_by_a_store_that_died_is_handed_out_by_another(pg):
     assert b.finish(["x", "y"], "delivered") == 2
 
 
+def test_a_claims_new_rows_share_one_lease_and_only_those_still_waiting_go_out_again(
+        pg, pg_dsn, monkeypatch):
+    monkeypatch.setattr(pg_store, "PENDING_REFRESH_S", 0.0)  # counts read at every scan
+    a = pg.open(lease_s=2.0)  # does not run out before the counts are read
+    b = pg.open(lease_s=60.0)
+    assert keys(a.claim([item("w"), item("f"), item("h")])) == ["w", "f", "h"]
+    # A claim through the mixed path (signatures): its copy is seen, not pending.
+    assert keys(a.claim([item("s1", signature="X|y"), item("s2", signature="X|y")])) == ["s1"]
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        leases = conn.execute("SELECT holder, cardinality(hashes) FROM catalyst_claim_leases "
+                              "ORDER BY 2").fetchall()
+        own = conn.execute("SELECT count(*) FROM catalyst_ledger "
+                           "WHERE lease_until IS NOT NULL").fetchone()[0]
+    assert leases == [(a.holder, 1), (a.holder, 3)] and own == 0
+    assert a.finish(["f"], "delivered") == 1
+    assert b.hold(["h"]) == 1  # b's own lease now, for 60 s
+    b.due()
+    assert (a.pending_count(), b.pending_count()) == (0, 1)  # a counts at its next scan
+    a.due()
+    assert a.pending_count() == 2  # w and s1 under the claims' leases
+    again = wait_for(lambda: due_keys(a), 10, message="the claims' leases ran out")
+    assert again == [("s1", 2), ("w", 2)]  # f finished, h held by b: neither goes out
+    assert due_keys(b) == []
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM catalyst_claim_leases").fetchone()[0] == 0
+
+
+def test_a_large_claims_lease_is_kept_in_rows_of_at_most_500_hashes_inline(pg, pg_dsn):
+    store = pg.open()
+    assert len(store.claim([item(f"k{i}") for i in range(1200)])) == 1200
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        sizes = [n for (n,) in conn.execute("SELECT cardinality(hashes) "
+                                            "FROM catalyst_claim_leases ORDER BY 1")]
+        toasted = conn.execute("SELECT pg_relation_size(reltoastrelid) FROM pg_class "
+                               "WHERE relname = 'catalyst_claim_leases'").fetchone()[0]
+    assert sizes == [200, 500, 500] and toasted == 0  # 8 KB rows, never moved out of line
+
+
 def test_two_stores_never_hand_out_the_same_expired_lease(pg):
     a = pg.open(lease_s=SHORT_LEASE_S)
     b = pg.open(lease_s=60.0)
@@ -382,7 +421,7 @@ def test_a_version_1_ledger_is_migrated_and_keeps_what_it_saw_and_what_was_in_fl
     store = pg.open(lease_s=SHORT_LEASE_S)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT version FROM catalyst_schema WHERE component = "
-                            "'seen_store'").fetchone() == (2,)
+                            "'seen_store'").fetchone() == (SCHEMA_VERSION,)
         assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute "
                             "WHERE attrelid = 'catalyst_ledger'::regclass "
                             "AND attname = 'key_hash'").fetchone() == ("uuid",)
