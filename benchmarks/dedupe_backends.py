@@ -40,8 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from actors import protocol  # noqa: E402
 from actors.base import ActorSpec, actor_main  # noqa: E402
 from benchmarks._common import Neighbours, neighbour_note  # noqa: E402
-from benchmarks.dedupe_throughput import (bench_batches, make_items, make_keys,  # noqa: E402
-                                           stand_in)
+from benchmarks.dedupe_throughput import (claim_frames, make_items, make_keys,  # noqa: E402
+                                           send_claims, stand_in)
 from catalyst_config import config_from_dict  # noqa: E402
 from tests.pg_server import PgServer  # noqa: E402
 
@@ -133,15 +133,18 @@ def server_pids(server: PgServer) -> list[int]:
 def measure(actors: list[ActorUnderTest], n_keys: int, batch: int, salt: str,
             server: PgServer | None) -> dict:
     """Every actor claims n_keys // len(actors) new keys at once, one client thread each;
-    claims/s is all keys over the wall time of the slowest."""
+    claims/s is all keys over the wall time of the slowest. The claims are encoded before
+    the clock starts (encoding them in the timed threads took 0.1 s of a 2 s run, while
+    the actors waited for their first claim)."""
     per_actor = n_keys // len(actors)
-    key_sets = [make_keys(per_actor, f"{salt}-{i}") for i in range(len(actors))]
+    frame_sets = [claim_frames(make_keys(per_actor, f"{salt}-{i}"), batch)
+                  for i in range(len(actors))]
     results: list[dict | None] = [None] * len(actors)
     barrier = threading.Barrier(len(actors) + 1)
 
     def run(i: int) -> None:
         barrier.wait(60)
-        results[i] = bench_batches(actors[i], key_sets[i], batch)
+        results[i] = send_claims(actors[i], frame_sets[i], per_actor)
 
     groups = {"dedupe actors": [a.proc.pid for a in actors],
               "stand-ins": [a.helper.pid for a in actors], "this script": [os.getpid()]}
