@@ -3,9 +3,10 @@ several hosts, share (psycopg 3). It keeps the contract of actors/seen_store/bas
 
 Everything lives in the database, nothing that matters in memory: membership is the
 primary key (the 16-byte BLAKE2b hash of a key or signature, as in seen.db, typed uuid),
-and each pending row carries its lease (lease_until, on the server's clock, and the holder
-that took it), so an item leased by a dedupe actor that died is handed out by another once
-the lease runs out.
+and each pending row has a lease (on the server's clock) and the holder that took it, so an
+item leased by a dedupe actor that died is handed out by another once the lease runs out.
+A claim's new rows share one lease, a row of catalyst_claim_leases; a row held, or handed
+out again, has its own (lease_until, in the due index).
 
 - A claim is one `INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING RETURNING`:
   the rows that come back are new, and pending, leased to this store; a concurrent claim
